@@ -1,0 +1,3 @@
+//! Diffusion transformers (DiT family).
+
+pub mod flux;

@@ -1,0 +1,102 @@
+//! Small building blocks shared by the model families, each matching its PyTorch / diffusers
+//! counterpart numerically: affine-free LayerNorm, RMSNorm, sinusoidal timestep embeddings,
+//! multi-head SDPA on `[B, S, H·D]` tensors.
+
+use burn::module::{Module, Param};
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Device, Tensor, TensorData};
+
+use dreamforge_core::{Result, WeightLoader};
+
+/// `nn.LayerNorm(d, elementwise_affine=False, eps)` over the last dim.
+///
+/// # Shapes
+/// `[..., d]` → `[..., d]`
+pub fn layer_norm_plain<const D: usize>(x: Tensor<D>, eps: f64) -> Tensor<D> {
+    let mean = x.clone().mean_dim(D - 1);
+    let xc = x - mean;
+    let var = xc.clone().square().mean_dim(D - 1);
+    xc / (var + eps).sqrt()
+}
+
+/// diffusers / T5 `RMSNorm` with a learned scale: `x · rsqrt(mean(x²) + eps) · weight`.
+#[derive(Module, Debug)]
+pub struct RmsNorm {
+    pub weight: Param<Tensor<1>>,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn load(w: &WeightLoader, prefix: &str, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: w.param(&format!("{prefix}.weight"), [dim])?,
+            eps,
+        })
+    }
+
+    /// # Shapes
+    /// `[..., dim]` → `[..., dim]`
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let var = x.clone().square().mean_dim(D - 1);
+        let dim = self.weight.dims()[0];
+        let mut shape = [1usize; D];
+        shape[D - 1] = dim;
+        x * (var + self.eps).sqrt().recip() * self.weight.val().reshape(shape)
+    }
+}
+
+/// diffusers `get_timestep_embedding(t, dim, flip_sin_to_cos, downscale_freq_shift, scale=1,
+/// max_period=10000)`: computed on the host in f32 exactly as PyTorch orders the operations.
+///
+/// # Shapes
+/// `t: [B]` → `[B, dim]`
+pub fn timestep_embedding(
+    t: &[f32],
+    dim: usize,
+    flip_sin_to_cos: bool,
+    downscale_freq_shift: f32,
+    device: &Device,
+) -> Tensor<2> {
+    let half = dim / 2;
+    let freqs: Vec<f32> = (0..half)
+        .map(|i| {
+            let exponent = -(10000f32.ln()) * i as f32 / (half as f32 - downscale_freq_shift);
+            exponent.exp()
+        })
+        .collect();
+    let mut out = Vec::with_capacity(t.len() * dim);
+    for &tv in t {
+        let args: Vec<f32> = freqs.iter().map(|f| tv * f).collect();
+        let (first, second): (Vec<f32>, Vec<f32>) = if flip_sin_to_cos {
+            (args.iter().map(|a| a.cos()).collect(), args.iter().map(|a| a.sin()).collect())
+        } else {
+            (args.iter().map(|a| a.sin()).collect(), args.iter().map(|a| a.cos()).collect())
+        };
+        out.extend(first);
+        out.extend(second);
+        if dim % 2 == 1 {
+            out.push(0.0);
+        }
+    }
+    Tensor::from_data(TensorData::new(out, [t.len(), dim]), device)
+}
+
+/// Scaled dot-product attention over heads.
+///
+/// # Shapes
+/// `q, k, v: [B, H, S, D]` → `[B, S, H·D]`
+pub fn sdpa_merge_heads(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<3> {
+    let [b, h, s, d] = q.dims();
+    let o = attention(q, k, v, None, None, AttentionModuleOptions::default());
+    o.swap_dims(1, 2).reshape([b, s, h * d])
+}
+
+/// Splits the last dim into heads.
+///
+/// # Shapes
+/// `[B, S, H·D]` → `[B, H, S, D]`
+pub fn split_heads(x: Tensor<3>, heads: usize) -> Tensor<4> {
+    let [b, s, hd] = x.dims();
+    x.reshape([b, s, heads, hd / heads]).swap_dims(1, 2)
+}

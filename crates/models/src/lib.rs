@@ -1,0 +1,7 @@
+//! dreamforge-models: the model families, one folder each, one file per block, configs with
+//! the upstream field names and weight-key maps beside the model they load.
+
+pub mod dit;
+pub mod layers;
+pub mod text;
+pub mod vae;

@@ -1,0 +1,18 @@
+//! AutoencoderKL (diffusers `AutoencoderKL`): the SD/SDXL 4-channel and FLUX 16-channel image
+//! autoencoders, one file per block.
+
+pub mod attention;
+pub mod config;
+pub mod conv;
+pub mod decoder;
+pub mod encoder;
+pub mod mid_block;
+pub mod model;
+pub mod resnet;
+pub mod sampling;
+
+pub use config::AutoencoderKlConfig;
+pub use model::AutoencoderKL;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,37 @@
+"""Writes every committed parity fixture under tests/fixtures/parity/.
+
+    python -m venv .venv && .venv/bin/pip install -r tools/parity/requirements.txt
+    .venv/bin/python tools/parity/generate.py [family ...]
+
+Families: flux, scheduler, vae, clip, t5, tokenizer. Deterministic: re-running
+rewrites identical fixtures on the same pinned versions.
+"""
+
+import sys
+
+import torch
+
+torch.use_deterministic_algorithms(True)
+torch.set_num_threads(1)
+
+import clip  # noqa: E402
+import flux  # noqa: E402
+import scheduler  # noqa: E402
+import t5  # noqa: E402
+import tokenizer  # noqa: E402
+import vae  # noqa: E402
+
+FAMILIES = {
+    "flux": flux.generate,
+    "scheduler": scheduler.generate,
+    "vae": vae.generate,
+    "clip": clip.generate,
+    "t5": t5.generate,
+    "tokenizer": tokenizer.generate,
+}
+
+if __name__ == "__main__":
+    names = sys.argv[1:] or list(FAMILIES)
+    for n in names:
+        print(f"generating {n}")
+        FAMILIES[n]()
