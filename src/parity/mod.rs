@@ -5,6 +5,7 @@
 
 mod clip;
 mod flux;
+mod flux_pipeline;
 mod golden;
 mod scheduler;
 mod t5;
@@ -59,6 +60,7 @@ pub fn run_fixture(dir: &Path, device: &Device) -> Vec<Outcome> {
     };
     let result = match fixture.kind.as_str() {
         "flux_transformer" => flux::run(&fixture, device),
+        "flux_pipeline" => flux_pipeline::run(&fixture, device),
         "scheduler" => scheduler::run(&fixture),
         "autoencoder_kl" => vae::run(&fixture, device),
         "clip_text_model" | "clip_text_model_with_projection" => clip::run(&fixture, device),

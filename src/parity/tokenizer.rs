@@ -16,18 +16,30 @@ use super::golden::{Case, Compare, Fixture, Outcome, compare};
 fn to_host(rows: &[Vec<i64>]) -> HostTensor {
     let n = rows.len();
     let m = rows.first().map_or(0, Vec::len);
-    HostTensor::new(vec![n, m], rows.iter().flatten().map(|&v| v as f32).collect())
+    HostTensor::new(
+        vec![n, m],
+        rows.iter().flatten().map(|&v| v as f32).collect(),
+    )
 }
 
 pub fn run(fx: &Fixture, _device: &Device) -> Result<Vec<Outcome>, String> {
     let j = &fx.json;
-    let rel = j["tokenizer"].as_str().ok_or("golden.json has no `tokenizer` path")?;
-    let texts: Vec<String> = serde_json::from_value(j["texts"].clone()).map_err(|e| format!("bad `texts`: {e}"))?;
-    let max_length = j["max_length"].as_u64().ok_or("golden.json has no `max_length`")? as usize;
+    let rel = j["tokenizer"]
+        .as_str()
+        .ok_or("golden.json has no `tokenizer` path")?;
+    let texts: Vec<String> =
+        serde_json::from_value(j["texts"].clone()).map_err(|e| format!("bad `texts`: {e}"))?;
+    let max_length = j["max_length"]
+        .as_u64()
+        .ok_or("golden.json has no `max_length`")? as usize;
     let pad_id = j["pad_id"].as_i64().ok_or("golden.json has no `pad_id`")?;
     match j.get("padding").and_then(|p| p.as_str()) {
         Some("max_length") | None => {}
-        Some(other) => return Err(format!("padding `{other}` is not supported (only \"max_length\")")),
+        Some(other) => {
+            return Err(format!(
+                "padding `{other}` is not supported (only \"max_length\")"
+            ));
+        }
     }
     if j.get("truncation").and_then(|t| t.as_bool()) == Some(false) {
         return Err("truncation false is not supported".into());
@@ -39,22 +51,34 @@ pub fn run(fx: &Fixture, _device: &Device) -> Result<Vec<Outcome>, String> {
         (Ok(a), Ok(b)) => a == b || a.parent() == Some(b.as_path()),
         _ => false,
     };
-    if !same_dir && (fx.dir.join("tokenizer_config.json").exists() || fx.dir.join("special_tokens_map.json").exists()) {
-        tok = tok.with_special_tokens_from(&fx.dir).map_err(|e| e.to_string())?;
+    if !same_dir
+        && (fx.dir.join("tokenizer_config.json").exists()
+            || fx.dir.join("special_tokens_map.json").exists())
+    {
+        tok = tok
+            .with_special_tokens_from(&fx.dir)
+            .map_err(|e| e.to_string())?;
     }
     if tok.pad_id() as i64 != pad_id {
-        return Err(format!("resolved pad id {} (token {:?}), golden pad_id {pad_id}", tok.pad_id(), tok.pad_token()));
+        return Err(format!(
+            "resolved pad id {} (token {:?}), golden pad_id {pad_id}",
+            tok.pad_id(),
+            tok.pad_token()
+        ));
     }
 
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let mut out = Vec::new();
     for (i, case) in fx.cases.iter().enumerate() {
-        let r = tok.encode_batch(&refs, max_length).map_err(|e| e.to_string()).map(|enc| {
-            BTreeMap::from([
-                ("input_ids".to_string(), to_host(&enc.ids)),
-                ("attention_mask".to_string(), to_host(&enc.attention_mask)),
-            ])
-        });
+        let r = tok
+            .encode_batch(&refs, max_length)
+            .map_err(|e| e.to_string())
+            .map(|enc| {
+                BTreeMap::from([
+                    ("input_ids".to_string(), to_host(&enc.ids)),
+                    ("attention_mask".to_string(), to_host(&enc.attention_mask)),
+                ])
+            });
         out.push(match r {
             Ok(computed) => check_ids(fx, i, case, &computed),
             Err(e) => Outcome::case_error(&fx.name, i, e),
@@ -65,14 +89,30 @@ pub fn run(fx: &Fixture, _device: &Device) -> Result<Vec<Outcome>, String> {
 
 /// `Fixture::check` for integer goldens (`golden.safetensors` keeps ids as i64, which the float
 /// reader refuses): the same comparison and outcome, the goldens read with `read_i64`.
-fn check_ids(fx: &Fixture, index: usize, case: &Case, computed: &BTreeMap<String, HostTensor>) -> Outcome {
-    let mut worst = Compare { max_abs: 0.0, rel_l2: 0.0 };
+fn check_ids(
+    fx: &Fixture,
+    index: usize,
+    case: &Case,
+    computed: &BTreeMap<String, HostTensor>,
+) -> Outcome {
+    let mut worst = Compare {
+        max_abs: 0.0,
+        rel_l2: 0.0,
+    };
     for (name, key) in &case.outputs {
-        if case.only_outputs.as_ref().is_some_and(|only| !only.contains(name)) {
+        if case
+            .only_outputs
+            .as_ref()
+            .is_some_and(|only| !only.contains(name))
+        {
             continue;
         }
         let Some(got) = computed.get(name) else {
-            return Outcome::case_error(&fx.name, index, format!("output `{name}` was not computed"));
+            return Outcome::case_error(
+                &fx.name,
+                index,
+                format!("output `{name}` was not computed"),
+            );
         };
         let (shape, want) = match fx.golden.read_i64(key) {
             Ok(t) => t,
@@ -82,7 +122,10 @@ fn check_ids(fx: &Fixture, index: usize, case: &Case, computed: &BTreeMap<String
             return Outcome::case_error(
                 &fx.name,
                 index,
-                format!("output `{name}` has shape {:?}, golden {shape:?}", got.shape),
+                format!(
+                    "output `{name}` has shape {:?}, golden {shape:?}",
+                    got.shape
+                ),
             );
         }
         let want: Vec<f32> = want.iter().map(|&v| v as f32).collect();

@@ -3,7 +3,7 @@
     python -m venv .venv && .venv/bin/pip install -r tools/parity/requirements.txt
     .venv/bin/python tools/parity/generate.py [family ...]
 
-Families: flux, scheduler, vae, clip, t5, tokenizer. Deterministic: re-running
+Families: flux, flux_pipeline, scheduler, vae, clip, t5, tokenizer. Deterministic: re-running
 rewrites identical fixtures on the same pinned versions.
 """
 
@@ -16,6 +16,7 @@ torch.set_num_threads(1)
 
 import clip  # noqa: E402
 import flux  # noqa: E402
+import flux_pipeline  # noqa: E402
 import scheduler  # noqa: E402
 import t5  # noqa: E402
 import tokenizer  # noqa: E402
@@ -23,6 +24,7 @@ import vae  # noqa: E402
 
 FAMILIES = {
     "flux": flux.generate,
+    "flux_pipeline": flux_pipeline.generate,
     "scheduler": scheduler.generate,
     "vae": vae.generate,
     "clip": clip.generate,

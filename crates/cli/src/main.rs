@@ -1,1 +1,66 @@
-fn main() {}
+//! `dreamforge`: the command-line tool. A thin clap layer, one file per subcommand; library
+//! errors map to exit codes (0 ok, 1 bad input or config, 2 runtime / I/O, 130 interrupted).
+
+mod models;
+mod sample;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "dreamforge", version, about = "Personalize text-to-image diffusion models and render with them")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate images from a prompt.
+    Sample(Box<sample::SampleArgs>),
+    /// Inspect model files and folders.
+    Models {
+        #[command(subcommand)]
+        command: models::ModelsCommand,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Sample(args) => sample::run(*args),
+        Command::Models { command } => models::run(command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = exit_code(&e);
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// 1 for bad input, 2 for runtime failures, 130 for Ctrl-C.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    match e.downcast_ref::<dreamforge_core::Error>() {
+        Some(dreamforge_core::Error::Interrupted) => 130,
+        Some(err) if err.is_input_error() => 1,
+        Some(_) => 2,
+        None if e.downcast_ref::<std::io::Error>().is_some() => 2,
+        None => 1,
+    }
+}
+
+/// The error and its causes on one line.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let s = cause.to_string().replace('\n', " ");
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    parts.join(": ")
+}

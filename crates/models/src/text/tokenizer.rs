@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
-use tokenizers::{Tokenizer, TruncationDirection};
+use tokenizers::{AddedToken, Tokenizer, TruncationDirection};
 
 use dreamforge_core::{Error, Result};
 
@@ -62,7 +62,10 @@ impl TextTokenizer {
         if !path.exists() {
             return Err(Error::io(
                 path,
-                std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer file or folder not found"),
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "tokenizer file or folder not found",
+                ),
             ));
         }
         let (tokenizer, dir) = if path.is_dir() {
@@ -110,9 +113,16 @@ impl TextTokenizer {
         let specials = read_specials(dir)?;
         if let Some(pad) = &specials.pad {
             self.pad_id = self.tokenizer.token_to_id(pad).ok_or_else(|| {
-                Error::config(dir, format!("pad token `{pad}` is not in the vocabulary of {}", self.source.display()))
+                Error::config(
+                    dir,
+                    format!(
+                        "pad token `{pad}` is not in the vocabulary of {}",
+                        self.source.display()
+                    ),
+                )
             })?;
             self.pad_token = Some(pad.clone());
+            self.register_special(pad, dir)?;
         }
         if specials.model_max_length.is_some() {
             self.model_max_length = specials.model_max_length;
@@ -124,7 +134,12 @@ impl TextTokenizer {
         let tok = &self.tokenizer;
         let (pad_token, pad_id) = if let Some(pad) = &specials.pad {
             let id = tok.token_to_id(pad).ok_or_else(|| {
-                Error::config(path, format!("pad token `{pad}` (from tokenizer_config.json) is not in the vocabulary"))
+                Error::config(
+                    path,
+                    format!(
+                        "pad token `{pad}` (from tokenizer_config.json) is not in the vocabulary"
+                    ),
+                )
             })?;
             (Some(pad.clone()), id)
         } else if let Some(p) = tok.get_padding() {
@@ -137,8 +152,26 @@ impl TextTokenizer {
         } else {
             (None, 0)
         };
+        if let Some(pad) = &specials.pad {
+            self.register_special(pad, path)?;
+        }
         self.pad_token = pad_token;
         self.pad_id = pad_id;
+        Ok(())
+    }
+
+    /// Registers a configured special token as an added token, as transformers does for every
+    /// special token it is given: the text is split around it and it is never merged (with
+    /// SDXL's pad `!`, `"!!!"` becomes three `!` tokens, not the `!!!</w>` BPE token).
+    fn register_special(&mut self, token: &str, path: &Path) -> Result<()> {
+        self.tokenizer
+            .add_special_tokens([AddedToken::from(token.to_string(), true)])
+            .map_err(|e| {
+                Error::config(
+                    path,
+                    format!("cannot register special token `{token}`: {e}"),
+                )
+            })?;
         Ok(())
     }
 
@@ -186,7 +219,10 @@ impl TextTokenizer {
         };
         for text in texts {
             let err = |e: tokenizers::Error| {
-                Error::InvalidInput(format!("tokenizing {text:?} with {}: {e}", self.source.display()))
+                Error::InvalidInput(format!(
+                    "tokenizing {text:?} with {}: {e}",
+                    self.source.display()
+                ))
             };
             let mut enc = self.tokenizer.encode(*text, false).map_err(err)?;
             let truncated = enc.len() + n_added > max_length;
@@ -266,18 +302,25 @@ fn read_specials(dir: &Path) -> Result<SpecialTokens> {
 }
 
 /// Builds the `tokenizer.json` transformers' `CLIPTokenizer` would hold for these files.
-fn build_clip(vocab_path: &Path, merges_path: &Path, specials: &SpecialTokens) -> Result<Tokenizer> {
+fn build_clip(
+    vocab_path: &Path,
+    merges_path: &Path,
+    specials: &SpecialTokens,
+) -> Result<Tokenizer> {
     let vocab = read_json(vocab_path)?.unwrap_or(Value::Null);
     let vocab_map = vocab
         .as_object()
         .ok_or_else(|| Error::format(vocab_path, "expected a JSON object of token → id"))?;
     let id_of = |tok: &str| -> Result<u64> {
-        vocab_map
-            .get(tok)
-            .and_then(Value::as_u64)
-            .ok_or_else(|| Error::format(vocab_path, format!("special token `{tok}` is not in the vocabulary")))
+        vocab_map.get(tok).and_then(Value::as_u64).ok_or_else(|| {
+            Error::format(
+                vocab_path,
+                format!("special token `{tok}` is not in the vocabulary"),
+            )
+        })
     };
-    let merges_text = std::fs::read_to_string(merges_path).map_err(|e| Error::io(merges_path, e))?;
+    let merges_text =
+        std::fs::read_to_string(merges_path).map_err(|e| Error::io(merges_path, e))?;
     let mut merges = Vec::new();
     for (n, line) in merges_text.lines().enumerate() {
         if (n == 0 && line.starts_with("#version")) || line.trim().is_empty() {
@@ -285,11 +328,16 @@ fn build_clip(vocab_path: &Path, merges_path: &Path, specials: &SpecialTokens) -
         }
         let mut parts = line.split(' ');
         match (parts.next(), parts.next(), parts.next()) {
-            (Some(a), Some(b), None) if !a.is_empty() && !b.is_empty() => merges.push(json!([a, b])),
+            (Some(a), Some(b), None) if !a.is_empty() && !b.is_empty() => {
+                merges.push(json!([a, b]))
+            }
             _ => {
                 return Err(Error::format(
                     merges_path,
-                    format!("line {}: expected two space-separated symbols, got {line:?}", n + 1),
+                    format!(
+                        "line {}: expected two space-separated symbols, got {line:?}",
+                        n + 1
+                    ),
                 ));
             }
         }
@@ -299,11 +347,15 @@ fn build_clip(vocab_path: &Path, merges_path: &Path, specials: &SpecialTokens) -
     let unk = specials.unk.clone().unwrap_or_else(|| CLIP_EOS.into());
     let (bos_id, eos_id) = (id_of(&bos)?, id_of(&eos)?);
     id_of(&unk)?;
-    let mut added = vec![json!({"id": bos_id, "content": bos, "single_word": false, "lstrip": false,
-        "rstrip": false, "normalized": true, "special": true})];
+    let mut added = vec![
+        json!({"id": bos_id, "content": bos, "single_word": false, "lstrip": false,
+        "rstrip": false, "normalized": true, "special": true}),
+    ];
     if eos != bos {
-        added.push(json!({"id": eos_id, "content": eos, "single_word": false, "lstrip": false,
-            "rstrip": false, "normalized": false, "special": true}));
+        added.push(
+            json!({"id": eos_id, "content": eos, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true}),
+        );
     }
     let spec = json!({
         "version": "1.0",
@@ -329,7 +381,10 @@ fn build_clip(vocab_path: &Path, merges_path: &Path, specials: &SpecialTokens) -
     serde_json::from_value::<Tokenizer>(spec).map_err(|e| {
         Error::format(
             vocab_path,
-            format!("cannot build a CLIP tokenizer from this vocab.json and {}: {e}", merges_path.display()),
+            format!(
+                "cannot build a CLIP tokenizer from this vocab.json and {}: {e}",
+                merges_path.display()
+            ),
         )
     })
 }
@@ -379,7 +434,9 @@ mod tests {
         std::fs::remove_file(d.join("vocab.json")).unwrap();
         let err = TextTokenizer::load(&d).unwrap_err().to_string();
         assert!(err.contains("vocab.json"), "{err}");
-        let err = TextTokenizer::load(&d.join("tokenizer.json")).unwrap_err().to_string();
+        let err = TextTokenizer::load(&d.join("tokenizer.json"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("tokenizer.json"), "{err}");
         let _ = std::fs::remove_dir_all(&d);
     }
@@ -404,14 +461,43 @@ mod tests {
 
         // A pad token from tokenizer_config.json (SDXL tokenizer_2 style).
         let over = tmp("clip-over");
-        std::fs::write(over.join("tokenizer_config.json"), r#"{"pad_token": "!", "model_max_length": 77}"#)
-            .unwrap();
-        let t2 = t.with_special_tokens_from(&over).unwrap();
+        std::fs::write(
+            over.join("tokenizer_config.json"),
+            r#"{"pad_token": "!", "model_max_length": 77}"#,
+        )
+        .unwrap();
+        let t2 = t.clone().with_special_tokens_from(&over).unwrap();
         assert_eq!(t2.pad_id(), 10);
         assert_eq!(t2.model_max_length(), Some(77));
-        assert_eq!(t2.encode_batch(&["b"], 4).unwrap().ids[0], vec![bos, 3, eos, 10]);
+        assert_eq!(
+            t2.encode_batch(&["b"], 4).unwrap().ids[0],
+            vec![bos, 3, eos, 10]
+        );
+        // The pad token is special once configured: "!!" is two `!` tokens (10), not BPE pieces.
+        assert_eq!(
+            t2.encode_batch(&["!!"], 5).unwrap().ids[0],
+            vec![bos, 10, 10, eos, 10]
+        );
+        assert_eq!(
+            t.encode_batch(&["!!"], 5).unwrap().ids[0],
+            vec![bos, 10, 11, eos, eos]
+        );
         let _ = std::fs::remove_dir_all(&d);
         let _ = std::fs::remove_dir_all(&over);
+    }
+
+    #[test]
+    fn real_clip_vocab_reports_truncation() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/parity/tokenizer_clip_vocab_merges");
+        let t = TextTokenizer::load(&dir).unwrap();
+        assert_eq!((t.pad_id(), t.model_max_length()), (49407, Some(77)));
+        let long = "a photo of a cat ".repeat(30);
+        let e = t.encode_batch(&["a photo of a cat", &long], 77).unwrap();
+        assert_eq!(e.truncated, vec![false, true]);
+        assert_eq!(&e.ids[0][..7], &[49406, 320, 1125, 539, 320, 2368, 49407]);
+        assert_eq!((e.ids[1][0], e.ids[1][76]), (49406, 49407));
+        assert_eq!(e.attention_mask[1].iter().sum::<i64>(), 77);
     }
 
     #[test]
@@ -420,7 +506,10 @@ mod tests {
         tiny_clip(&d);
         std::fs::write(d.join("merges.txt"), "#version: 0.2\na b c\n").unwrap();
         let err = TextTokenizer::load(&d).unwrap_err().to_string();
-        assert!(err.contains("merges.txt") && err.contains("line 2"), "{err}");
+        assert!(
+            err.contains("merges.txt") && err.contains("line 2"),
+            "{err}"
+        );
         let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -176,14 +176,14 @@ impl AutoencoderKlConfig {
             ("latents_mean", &self.latents_mean),
             ("latents_std", &self.latents_std),
         ] {
-            if let Some(v) = v {
-                if v.len() != self.latent_channels {
-                    return Err(format!(
-                        "{name} has {} entries for {} latent channels",
-                        v.len(),
-                        self.latent_channels
-                    ));
-                }
+            if let Some(v) = v
+                && v.len() != self.latent_channels
+            {
+                return Err(format!(
+                    "{name} has {} entries for {} latent channels",
+                    v.len(),
+                    self.latent_channels
+                ));
             }
         }
         Ok(())

@@ -53,6 +53,7 @@ impl ClipAttention {
                 ..Default::default()
             },
         );
-        self.out_proj.forward(o.swap_dims(1, 2).reshape([b, t, dim]))
+        self.out_proj
+            .forward(o.swap_dims(1, 2).reshape([b, t, dim]))
     }
 }

@@ -111,8 +111,8 @@ impl ClipTextConfig {
     /// is used).
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let mut v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| Error::config(path, format!("invalid JSON: {e}")))?;
+        let mut v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::config(path, format!("invalid JSON: {e}")))?;
         if let Some(tc) = v.get("text_config").cloned() {
             v = tc;
         }
@@ -124,7 +124,9 @@ impl ClipTextConfig {
 
     /// Checks the values the model relies on; the message says which field is wrong.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return Err(format!(
                 "hidden_size {} is not divisible by num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
@@ -151,7 +153,10 @@ impl ClipTextConfig {
             ));
         }
         if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
-            return Err(format!("layer_norm_eps {} must be positive", self.layer_norm_eps));
+            return Err(format!(
+                "layer_norm_eps {} must be positive",
+                self.layer_norm_eps
+            ));
         }
         Ok(())
     }

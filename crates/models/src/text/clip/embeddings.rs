@@ -16,10 +16,19 @@ pub struct ClipTextEmbeddings {
 
 impl ClipTextEmbeddings {
     /// `prefix` is the `embeddings` module path (e.g. `text_model.embeddings`).
-    pub fn load(w: &WeightLoader, prefix: &str, vocab: usize, max_pos: usize, dim: usize) -> Result<Self> {
+    pub fn load(
+        w: &WeightLoader,
+        prefix: &str,
+        vocab: usize,
+        max_pos: usize,
+        dim: usize,
+    ) -> Result<Self> {
         Ok(Self {
             token_embedding: w.param(&format!("{prefix}.token_embedding.weight"), [vocab, dim])?,
-            position_embedding: w.param(&format!("{prefix}.position_embedding.weight"), [max_pos, dim])?,
+            position_embedding: w.param(
+                &format!("{prefix}.position_embedding.weight"),
+                [max_pos, dim],
+            )?,
         })
     }
 
@@ -35,7 +44,11 @@ impl ClipTextEmbeddings {
             .val()
             .select(0, input_ids.reshape([b * t]))
             .reshape([b, t, dim]);
-        let pos = self.position_embedding.val().slice([0..t, 0..dim]).unsqueeze::<3>();
+        let pos = self
+            .position_embedding
+            .val()
+            .slice([0..t, 0..dim])
+            .unsqueeze::<3>();
         tok + pos
     }
 }

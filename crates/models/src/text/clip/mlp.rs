@@ -20,7 +20,13 @@ pub struct ClipMlp {
 
 impl ClipMlp {
     /// `prefix` is the `mlp` module path.
-    pub fn load(w: &WeightLoader, prefix: &str, dim: usize, inner: usize, act: ClipActivation) -> Result<Self> {
+    pub fn load(
+        w: &WeightLoader,
+        prefix: &str,
+        dim: usize,
+        inner: usize,
+        act: ClipActivation,
+    ) -> Result<Self> {
         Ok(Self {
             fc1: w.linear(&format!("{prefix}.fc1"), dim, inner, true)?,
             fc2: w.linear(&format!("{prefix}.fc2"), inner, dim, true)?,

@@ -59,7 +59,10 @@ impl ClipTextModel {
         if !cfg_path.exists() {
             return Err(Error::io(
                 &cfg_path,
-                std::io::Error::new(std::io::ErrorKind::NotFound, "no config.json in the CLIP text encoder folder"),
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no config.json in the CLIP text encoder folder",
+                ),
             ));
         }
         let config = ClipTextConfig::from_file(&cfg_path)?;
@@ -77,10 +80,19 @@ impl ClipTextModel {
     /// `cond_stage_model.transformer.` in an SD1 single file, `""` for a component file); the
     /// `text_model.` tower prefix under `root` is detected. Keys under `root` that the model
     /// does not use are an error (except the `position_ids` buffer).
-    pub fn from_weights(set: &WeightSet, root: &str, config: ClipTextConfig, device: &Device) -> Result<Self> {
-        config.validate().map_err(|r| Error::config(set.origin(), r))?;
+    pub fn from_weights(
+        set: &WeightSet,
+        root: &str,
+        config: ClipTextConfig,
+        device: &Device,
+    ) -> Result<Self> {
+        config
+            .validate()
+            .map_err(|r| Error::config(set.origin(), r))?;
         let w = WeightLoader::new(set, device).with_prefix(root);
-        let tower = if w.has(&format!("{TEXT_MODEL_PREFIX}embeddings.token_embedding.weight")) {
+        let tower = if w.has(&format!(
+            "{TEXT_MODEL_PREFIX}embeddings.token_embedding.weight"
+        )) {
             TEXT_MODEL_PREFIX
         } else if w.has("embeddings.token_embedding.weight") {
             ""
@@ -88,7 +100,9 @@ impl ClipTextModel {
             return Err(Error::MissingKey {
                 path: set.origin().to_path_buf(),
                 key: format!("{root}{TEXT_MODEL_PREFIX}embeddings.token_embedding.weight"),
-                hint: Some("not a CLIP text encoder checkpoint (also tried without `text_model.`)".into()),
+                hint: Some(
+                    "not a CLIP text encoder checkpoint (also tried without `text_model.`)".into(),
+                ),
             });
         };
         let c = &config;
@@ -102,7 +116,10 @@ impl ClipTextModel {
         };
         let has_projection = w.has("text_projection.weight") || c.declares_projection();
         let text_projection = if has_projection {
-            let proj_dim = match (c.projection_dim, set.shape(&format!("{root}text_projection.weight"))) {
+            let proj_dim = match (
+                c.projection_dim,
+                set.shape(&format!("{root}text_projection.weight")),
+            ) {
                 (Some(p), _) => p,
                 (None, Some(s)) if s.len() == 2 => s[0],
                 _ => {
@@ -127,7 +144,12 @@ impl ClipTextModel {
             layers: (0..c.num_hidden_layers)
                 .map(|i| ClipEncoderLayer::load(&w, &format!("{tower}encoder.layers.{i}"), dims))
                 .collect::<Result<_>>()?,
-            final_layer_norm: ClipLayerNorm::load(&w, &format!("{tower}final_layer_norm"), dim, c.layer_norm_eps)?,
+            final_layer_norm: ClipLayerNorm::load(
+                &w,
+                &format!("{tower}final_layer_norm"),
+                dim,
+                c.layer_norm_eps,
+            )?,
             text_projection,
             config,
         };
@@ -163,7 +185,9 @@ impl ClipTextModel {
         let [b, t] = input_ids.dims();
         let c = &self.config;
         if b == 0 || t == 0 {
-            return Err(Error::InvalidInput(format!("CLIP text encoder: empty input_ids of shape [{b}, {t}]")));
+            return Err(Error::InvalidInput(format!(
+                "CLIP text encoder: empty input_ids of shape [{b}, {t}]"
+            )));
         }
         if t > c.max_position_embeddings {
             return Err(Error::InvalidInput(format!(
@@ -176,7 +200,9 @@ impl ClipTextModel {
             .into_data()
             .convert::<i64>()
             .try_into_vec::<i64>()
-            .map_err(|e| Error::InvalidInput(format!("CLIP text encoder: cannot read input_ids: {e:?}")))?;
+            .map_err(|e| {
+                Error::InvalidInput(format!("CLIP text encoder: cannot read input_ids: {e:?}"))
+            })?;
         if let Some(bad) = ids.iter().find(|&&i| i < 0 || i as usize >= c.vocab_size) {
             return Err(Error::InvalidInput(format!(
                 "CLIP text encoder: token id {bad} is outside the vocabulary (vocab_size {})",
@@ -202,7 +228,10 @@ impl ClipTextModel {
             .reshape([b, 1, 1])
             .expand([b, 1, dim]);
         let pooled = last.clone().gather(1, idx).reshape([b, dim]);
-        let text_embeds = self.text_projection.as_ref().map(|p| p.forward(pooled.clone()));
+        let text_embeds = self
+            .text_projection
+            .as_ref()
+            .map(|p| p.forward(pooled.clone()));
         Ok(ClipTextOutput {
             last_hidden_state: last,
             pooler_output: pooled,
@@ -247,11 +276,61 @@ mod tests {
         assert_eq!(pool_positions(&[1, 9, 3, 9], 1, 4, 3, true), vec![1]);
     }
 
+    fn fixture(name: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/parity")
+            .join(name)
+    }
+
+    #[test]
+    fn strict_keys_and_bad_input() {
+        let dir = fixture("clip_text_model_tiny");
+        let device = Default::default();
+        let cfg = ClipTextConfig::from_file(&dir.join("config.json")).unwrap();
+        // One layer fewer than the file holds: the second layer's keys are unused.
+        let short = ClipTextConfig {
+            num_hidden_layers: 1,
+            ..cfg.clone()
+        };
+        let err = ClipTextModel::load_file(&dir, short, &device)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unused") && err.contains("text_model.encoder.layers.1."),
+            "{err}"
+        );
+        // A wider model than the file: a shape mismatch naming the key.
+        let wide = ClipTextConfig {
+            intermediate_size: 50,
+            ..cfg
+        };
+        let err = ClipTextModel::load_file(&dir, wide, &device)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("fc1.weight"), "{err}");
+
+        let m = ClipTextModel::load(&dir, &device).unwrap();
+        assert!(!m.has_projection());
+        let ids = |v: Vec<i64>, t: usize| {
+            Tensor::<2, Int>::from_data(TensorData::new(v, [1, t]), &device)
+        };
+        let err = m.forward(ids(vec![0, 5000], 2)).unwrap_err().to_string();
+        assert!(err.contains("5000"), "{err}");
+        let err = m.forward(ids(vec![1; 78], 78)).unwrap_err().to_string();
+        assert!(err.contains("max_position_embeddings"), "{err}");
+        let out = m.forward(ids(vec![998, 5, 999, 999], 4)).unwrap();
+        assert_eq!(out.pooler_output.dims(), [1, 32]);
+        assert!(out.text_embeds.is_none());
+    }
+
     #[test]
     fn folder_without_config_is_a_clear_error() {
-        let dir = std::env::temp_dir().join(format!("dreamforge-clip-noconfig-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("dreamforge-clip-noconfig-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let err = ClipTextModel::load(&dir, &Default::default()).unwrap_err().to_string();
+        let err = ClipTextModel::load(&dir, &Default::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("config.json"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -148,13 +148,13 @@ impl T5Encoder {
                 "T5 input_ids has an empty shape [{b}, {t}]"
             )));
         }
-        if let Some(m) = &attention_mask {
-            if m.dims() != [b, t] {
-                return Err(Error::InvalidInput(format!(
-                    "T5 attention_mask has shape {:?}, input_ids has [{b}, {t}]",
-                    m.dims()
-                )));
-            }
+        if let Some(m) = &attention_mask
+            && m.dims() != [b, t]
+        {
+            return Err(Error::InvalidInput(format!(
+                "T5 attention_mask has shape {:?}, input_ids has [{b}, {t}]",
+                m.dims()
+            )));
         }
         let ids = input_ids
             .clone()

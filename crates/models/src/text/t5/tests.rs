@@ -25,7 +25,7 @@ fn write_safetensors(path: &std::path::Path, tensors: &[(String, Vec<usize>)]) {
         );
     }
     let mut h = serde_json::to_vec(&serde_json::Value::Object(header)).unwrap();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();
@@ -110,7 +110,11 @@ fn t5_loads_with_either_or_both_embedding_keys() {
             )
             .unwrap();
         assert_eq!(y.dims(), [2, 4, 8]);
-        let v = y.into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
+        let v = y
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap();
         assert!(v.iter().all(|x| x.is_finite()), "{name}: non-finite output");
         let _ = std::fs::remove_dir_all(&dir);
     }

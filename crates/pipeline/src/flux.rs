@@ -1,0 +1,270 @@
+//! Text-to-image with the FLUX.1 family, step for step as diffusers `FluxPipeline`: CLIP pooled
+//! + T5 states, packed latents with image ids, `linspace(1, 1/N, N)` sigmas shifted by μ(L),
+//! the distilled guidance embedding, optional true CFG with a negative prompt, FlowMatch Euler,
+//! unpack, `z / scaling + shift`, VAE decode.
+
+use std::path::Path;
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use dreamforge_core::{Error, HostTensor, Result, WeightSet, noise::randn, to_host};
+use dreamforge_models::dit::flux::{FluxConfig, FluxInputs, FluxTransformer};
+use dreamforge_models::text::clip::ClipTextModel;
+use dreamforge_models::text::t5::T5Encoder;
+use dreamforge_models::text::tokenizer::TextTokenizer;
+use dreamforge_models::vae::AutoencoderKL;
+use dreamforge_sampling::{FlowMatchConfig, StepInfo, calculate_shift, flow_match_schedule, flux_pipeline_sigmas, sample_euler};
+
+use crate::components::FluxComponents;
+use crate::latents::{image_ids, pack, unpack};
+
+/// CLIP's context length in every FLUX release.
+const CLIP_MAX_LENGTH: usize = 77;
+
+/// Everything one generation call takes.
+#[derive(Debug, Clone)]
+pub struct FluxRequest {
+    pub prompt: String,
+    pub negative_prompt: Option<String>,
+    /// True CFG scale (applies only with a negative prompt and a value > 1).
+    pub true_cfg_scale: f32,
+    /// The distilled guidance value fed to the guidance embedding (dev); ignored by schnell.
+    pub guidance: f32,
+    pub steps: usize,
+    pub width: usize,
+    pub height: usize,
+    pub num_images: usize,
+    /// Image `i` draws its noise from `seed + i`.
+    pub seed: u64,
+    /// T5 context length (512 for dev, 256 for schnell).
+    pub max_sequence_length: usize,
+    /// Initial latents instead of seeded noise: packed `[B, L, C]` or unpacked `[B, C, H, W]`.
+    pub noise: Option<HostTensor>,
+}
+
+/// A generation's result: images in [-1, 1], `[B, 3, H, W]`, and warnings (e.g. truncation).
+#[derive(Debug)]
+pub struct FluxOutput {
+    pub images: HostTensor,
+    pub warnings: Vec<String>,
+}
+
+/// The loaded FLUX pipeline.
+pub struct FluxPipeline {
+    pub transformer: FluxTransformer,
+    pub vae: AutoencoderKL,
+    pub text_encoder: ClipTextModel,
+    pub text_encoder_2: T5Encoder,
+    pub tokenizer: TextTokenizer,
+    pub tokenizer_2: TextTokenizer,
+    pub scheduler: FlowMatchConfig,
+    pub device: Device,
+}
+
+impl FluxPipeline {
+    pub fn load(c: &FluxComponents, device: &Device) -> Result<Self> {
+        let config = c.transformer_config.as_deref().map(FluxConfig::from_file).transpose()?;
+        let scheduler = match &c.scheduler_config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+                serde_json::from_str(&text).map_err(|e| Error::config(p, format!("not a flow-match scheduler config: {e}")))?
+            }
+            None => default_scheduler(&c.transformer)?,
+        };
+        Ok(Self {
+            tokenizer: TextTokenizer::load(&c.tokenizer)?,
+            tokenizer_2: TextTokenizer::load(&c.tokenizer_2)?,
+            text_encoder: ClipTextModel::load(&c.text_encoder, device)?,
+            text_encoder_2: T5Encoder::load(&c.text_encoder_2, device)?,
+            vae: AutoencoderKL::load(&c.vae, device)?,
+            transformer: FluxTransformer::load(&c.transformer, config, device)?,
+            scheduler,
+            device: device.clone(),
+        })
+    }
+
+    /// The VAE's spatial downsampling (8 for FLUX).
+    pub fn vae_scale_factor(&self) -> usize {
+        1 << self.vae.config.block_out_channels.len().saturating_sub(1)
+    }
+
+    /// Checks the request before any heavy work: sizes, steps, a noise tensor's shape, memory.
+    pub fn validate(&self, r: &FluxRequest) -> Result<()> {
+        let m = self.vae_scale_factor() * 2;
+        if r.width == 0 || r.height == 0 || r.width % m != 0 || r.height % m != 0 {
+            return Err(Error::InvalidInput(format!(
+                "width and height must be positive multiples of {m} (got {}x{})",
+                r.width, r.height
+            )));
+        }
+        if r.steps == 0 {
+            return Err(Error::InvalidInput("steps must be at least 1".into()));
+        }
+        if r.num_images == 0 {
+            return Err(Error::InvalidInput("num-images must be at least 1".into()));
+        }
+        if r.max_sequence_length == 0 {
+            return Err(Error::InvalidInput("max-sequence-length must be at least 1".into()));
+        }
+        let need = self.estimate_bytes(r);
+        if let Some(avail) = available_memory_bytes(&self.device) {
+            if need > avail {
+                return Err(Error::InvalidInput(format!(
+                    "{}x{} x{} needs about {:.1} GiB of working memory but about {:.1} GiB is available; use a smaller size or fewer images",
+                    r.width,
+                    r.height,
+                    r.num_images,
+                    need as f64 / (1u64 << 30) as f64,
+                    avail as f64 / (1u64 << 30) as f64
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Rough peak working memory of a request, in bytes (f32): the VAE decoder's widest
+    /// full-resolution activations dominate at large sizes, then transformer activations.
+    pub fn estimate_bytes(&self, r: &FluxRequest) -> u64 {
+        let b = r.num_images as u64 * if r.negative_prompt.is_some() { 2 } else { 1 };
+        let px = (r.width * r.height) as u64;
+        let c0 = *self.vae.config.block_out_channels.first().unwrap_or(&128) as u64;
+        let vae = r.num_images as u64 * c0 * px * 4 * 4;
+        let m = (self.vae_scale_factor() * 2) as u64;
+        let l = px / (m * m);
+        let seq = l + r.max_sequence_length as u64;
+        let inner = self.transformer.config.inner_dim() as u64;
+        let dit = b * seq * inner * 4 * 16;
+        vae.max(dit)
+    }
+
+    fn tokenize(&self, tok: &TextTokenizer, texts: &[&str], max_len: usize, what: &str, warnings: &mut Vec<String>) -> Result<Tensor<2, Int>> {
+        let enc = tok.encode_batch(texts, max_len)?;
+        if enc.truncated.iter().any(|&t| t) {
+            warnings.push(format!(
+                "the prompt is longer than the {what} limit of {max_len} tokens and was truncated (as diffusers does)"
+            ));
+        }
+        let n = enc.ids.len();
+        let flat: Vec<i64> = enc.ids.into_iter().flatten().collect();
+        Ok(Tensor::from_data(TensorData::new(flat, [n, max_len]), &self.device))
+    }
+
+    /// (T5 states `[B, T, D]`, CLIP pooled `[B, P]`) for `prompt` repeated `n` times.
+    pub fn encode_prompt(&self, prompt: &str, n: usize, max_seq: usize, warnings: &mut Vec<String>) -> Result<(Tensor<3>, Tensor<2>)> {
+        let clip_ids = self.tokenize(&self.tokenizer, &[prompt], CLIP_MAX_LENGTH, "CLIP", warnings)?;
+        let pooled = self.text_encoder.forward(clip_ids)?.pooler_output;
+        let t5_ids = self.tokenize(&self.tokenizer_2, &[prompt], max_seq, "T5", warnings)?;
+        let states = self.text_encoder_2.forward(t5_ids, None);
+        Ok((states.repeat_dim(0, n), pooled.repeat_dim(0, n)))
+    }
+
+    fn initial_latents(&self, r: &FluxRequest, c: usize, h: usize, w: usize) -> Result<Tensor<3>> {
+        let b = r.num_images;
+        let l = (h / 2) * (w / 2);
+        match &r.noise {
+            Some(t) if t.shape == [b, l, c * 4] => Ok(t.clone().to_device(&self.device)),
+            Some(t) if t.shape == [b, c, h, w] => Ok(pack(t.clone().to_device(&self.device))),
+            Some(t) => Err(Error::InvalidInput(format!(
+                "--noise tensor has shape {:?}; for {}x{} with {b} image(s) expected packed {:?} or unpacked {:?}",
+                t.shape,
+                r.width,
+                r.height,
+                [b, l, c * 4],
+                [b, c, h, w]
+            ))),
+            None => {
+                let per: Vec<f32> = (0..b).flat_map(|i| randn(r.seed + i as u64, &[1, c, h, w]).data).collect();
+                Ok(pack(HostTensor::new(vec![b, c, h, w], per).to_device(&self.device)))
+            }
+        }
+    }
+
+    /// Runs one request. `on_step` returning `false` cancels (then `Ok(None)`).
+    pub fn generate(&self, r: &FluxRequest, on_step: impl FnMut(StepInfo) -> bool) -> Result<Option<FluxOutput>> {
+        self.validate(r)?;
+        let mut warnings = Vec::new();
+        let b = r.num_images;
+        let vsf = self.vae_scale_factor();
+        let (h, w) = (2 * (r.height / (vsf * 2)), 2 * (r.width / (vsf * 2)));
+        let c = self.transformer.config.in_channels / 4;
+        let (states, pooled) = self.encode_prompt(&r.prompt, b, r.max_sequence_length, &mut warnings)?;
+        let cfg = match (&r.negative_prompt, r.true_cfg_scale > 1.0) {
+            (Some(neg), true) => Some(self.encode_prompt(neg, b, r.max_sequence_length, &mut warnings)?),
+            (Some(_), false) => {
+                warnings.push("a negative prompt has no effect unless --true-cfg is greater than 1".into());
+                None
+            }
+            _ => None,
+        };
+        let latents = self.initial_latents(r, c, h, w)?;
+        let l = latents.dims()[1];
+        let t_len = states.dims()[1];
+        let rope = self.transformer.rope(&vec![0.0; t_len * 3], &image_ids(h / 2, w / 2), &self.device);
+
+        let mu = self.scheduler.use_dynamic_shifting.then(|| calculate_shift(l, &self.scheduler));
+        let schedule = flow_match_schedule(&self.scheduler, r.steps, Some(&flux_pipeline_sigmas(r.steps)), mu)
+            .map_err(|e| Error::InvalidInput(format!("scheduler: {e}")))?;
+        let guidance = self.transformer.config.guidance_embeds.then(|| vec![r.guidance; b]);
+
+        let denoise = |x: Tensor<3>, _sigma: f32, i: usize| -> Result<Tensor<3>> {
+            // diffusers passes `t / 1000` with t = 1000·σ rounded to f32.
+            let t = vec![schedule.timesteps[i] / 1000.0; b];
+            let run = |s: &Tensor<3>, p: &Tensor<2>| {
+                self.transformer.forward(
+                    FluxInputs {
+                        hidden_states: x.clone(),
+                        encoder_hidden_states: s.clone(),
+                        pooled_projections: p.clone(),
+                        timestep: t.clone(),
+                        guidance: guidance.clone(),
+                    },
+                    &rope,
+                )
+            };
+            let v = run(&states, &pooled)?;
+            match &cfg {
+                Some((ns, np)) => {
+                    let neg = run(ns, np)?;
+                    Ok(neg.clone() + (v - neg) * r.true_cfg_scale)
+                }
+                None => Ok(v),
+            }
+        };
+        let Some(latents) = sample_euler(latents, &schedule.sigmas, denoise, on_step)? else {
+            return Ok(None);
+        };
+        let z = self.vae.unscale_latents(unpack(latents, h, w));
+        let image = self.vae.decode(z);
+        Ok(Some(FluxOutput {
+            images: to_host(image),
+            warnings,
+        }))
+    }
+}
+
+/// FLUX.1's scheduler when the model folder has none: dev (guidance-distilled) uses dynamic
+/// shifting, schnell a static shift of 1.
+fn default_scheduler(transformer: &Path) -> Result<FlowMatchConfig> {
+    let set = WeightSet::open(transformer)?;
+    let distilled = set
+        .keys()
+        .iter()
+        .any(|k| k.contains("guidance_in.") || k.contains("guidance_embedder."));
+    Ok(FlowMatchConfig {
+        use_dynamic_shifting: distilled,
+        shift: if distilled { 3.0 } else { 1.0 },
+        ..Default::default()
+    })
+}
+
+/// Memory the device can still give, where it can be known (CPU: `MemAvailable`).
+fn available_memory_bytes(device: &Device) -> Option<u64> {
+    // GPU memory is not visible here; the host limit applies to the CPU (flex) backend only.
+    if !format!("{device:?}").to_ascii_lowercase().contains("flex") {
+        return None;
+    }
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
