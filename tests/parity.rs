@@ -26,5 +26,10 @@ fn parity_fixtures() {
             }
         }
     }
-    assert!(failures.is_empty(), "{} parity failure(s):\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} parity failure(s):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

@@ -17,7 +17,8 @@ pub fn run(fx: &Fixture, device: &Device) -> Result<Vec<Outcome>, String> {
     } else {
         None
     };
-    let model = FluxTransformer::load(&fx.weights_path(), config, device).map_err(|e| e.to_string())?;
+    let model =
+        FluxTransformer::load(&fx.weights_path(), config, device).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     for (i, case) in fx.cases.iter().enumerate() {
         let r = (|| -> Result<BTreeMap<String, _>, String> {

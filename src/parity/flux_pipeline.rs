@@ -12,12 +12,16 @@ use dreamforge_pipeline::{ComponentOverrides, FluxComponents, FluxPipeline, Flux
 use super::golden::{Case, Fixture, Outcome};
 
 fn field<T: serde::de::DeserializeOwned>(case: &Case, name: &str) -> Result<T, String> {
-    let v = case.extra.get(name).ok_or_else(|| format!("case has no `{name}`"))?;
+    let v = case
+        .extra
+        .get(name)
+        .ok_or_else(|| format!("case has no `{name}`"))?;
     serde_json::from_value(v.clone()).map_err(|e| format!("case field `{name}`: {e}"))
 }
 
 pub fn run(fx: &Fixture, device: &Device) -> Result<Vec<Outcome>, String> {
-    let comps = FluxComponents::resolve(&fx.dir, &ComponentOverrides::default()).map_err(|e| e.to_string())?;
+    let comps = FluxComponents::resolve(&fx.dir, &ComponentOverrides::default())
+        .map_err(|e| e.to_string())?;
     let pipe = FluxPipeline::load(&comps, device).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     for (i, case) in fx.cases.iter().enumerate() {
@@ -45,7 +49,13 @@ pub fn run(fx: &Fixture, device: &Device) -> Result<Vec<Outcome>, String> {
                 .ok_or("cancelled")?
                 .images;
             // output_type="pt": (x / 2 + 0.5).clamp(0, 1)
-            let img01 = HostTensor::new(img.shape, img.data.iter().map(|v| (v / 2.0 + 0.5).clamp(0.0, 1.0)).collect());
+            let img01 = HostTensor::new(
+                img.shape,
+                img.data
+                    .iter()
+                    .map(|v| (v / 2.0 + 0.5).clamp(0.0, 1.0))
+                    .collect(),
+            );
             Ok(BTreeMap::from([
                 ("image".to_string(), img01),
                 ("prompt_embeds".to_string(), to_host(pe)),

@@ -39,8 +39,8 @@ impl Fixture {
     pub fn open(dir: &Path) -> Result<Self, String> {
         let gj = dir.join("golden.json");
         let text = std::fs::read_to_string(&gj).map_err(|e| format!("{}: {e}", gj.display()))?;
-        let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| format!("{}: invalid JSON: {e}", gj.display()))?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| format!("{}: invalid JSON: {e}", gj.display()))?;
         let kind = json["kind"]
             .as_str()
             .ok_or_else(|| format!("{}: no `kind`", gj.display()))?
@@ -51,7 +51,10 @@ impl Fixture {
             .map_err(|e| format!("{}: bad `cases`: {e}", gj.display()))?;
         let golden = WeightSet::open(dir.join("golden.safetensors")).map_err(|e| e.to_string())?;
         Ok(Self {
-            name: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            name: dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             dir: dir.to_path_buf(),
             kind,
             json,
@@ -91,16 +94,28 @@ impl Fixture {
     }
 
     /// Compares computed outputs with the case's goldens (respecting `only_outputs`).
-    pub fn check(&self, index: usize, case: &Case, computed: &BTreeMap<String, HostTensor>) -> Outcome {
-        let mut worst = Compare { max_abs: 0.0, rel_l2: 0.0 };
+    pub fn check(
+        &self,
+        index: usize,
+        case: &Case,
+        computed: &BTreeMap<String, HostTensor>,
+    ) -> Outcome {
+        let mut worst = Compare {
+            max_abs: 0.0,
+            rel_l2: 0.0,
+        };
         for (name, key) in &case.outputs {
-            if let Some(only) = &case.only_outputs {
-                if !only.contains(name) {
-                    continue;
-                }
+            if let Some(only) = &case.only_outputs
+                && !only.contains(name)
+            {
+                continue;
             }
             let Some(got) = computed.get(name) else {
-                return Outcome::case_error(&self.name, index, format!("output `{name}` was not computed"));
+                return Outcome::case_error(
+                    &self.name,
+                    index,
+                    format!("output `{name}` was not computed"),
+                );
             };
             let want = match self.tensor(key) {
                 Ok(t) => t,
@@ -110,7 +125,10 @@ impl Fixture {
                 return Outcome::case_error(
                     &self.name,
                     index,
-                    format!("output `{name}` has shape {:?}, golden {:?}", got.shape, want.shape),
+                    format!(
+                        "output `{name}` has shape {:?}, golden {:?}",
+                        got.shape, want.shape
+                    ),
                 );
             }
             let c = compare(&got.data, &want.data);
@@ -146,7 +164,11 @@ pub fn compare(got: &[f32], want: &[f32]) -> Compare {
         num += d * d;
         den += (w as f64) * (w as f64);
     }
-    let rel_l2 = if den > 0.0 { num.sqrt() / den.sqrt() } else { num.sqrt() };
+    let rel_l2 = if den > 0.0 {
+        num.sqrt() / den.sqrt()
+    } else {
+        num.sqrt()
+    };
     Compare { max_abs, rel_l2 }
 }
 
@@ -181,9 +203,17 @@ impl Outcome {
 
 impl std::fmt::Display for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let case = self.case.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
+        let case = self
+            .case
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "-".into());
         match (&self.error, &self.compare) {
-            (Some(e), _) => write!(f, "parity {} {case} ERROR {}", self.fixture, e.replace('\n', " ")),
+            (Some(e), _) => write!(
+                f,
+                "parity {} {case} ERROR {}",
+                self.fixture,
+                e.replace('\n', " ")
+            ),
             (None, Some(c)) => write!(
                 f,
                 "parity {} {case} max_abs={:.3e} rel_l2={:.3e} {}",

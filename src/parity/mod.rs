@@ -23,7 +23,12 @@ pub use golden::{Compare, Fixture, Outcome, compare};
 pub fn discover(committed: &Path) -> Vec<PathBuf> {
     let mut roots = vec![committed.to_path_buf()];
     if let Ok(extra) = std::env::var("DREAMFORGE_PARITY_DIRS") {
-        roots.extend(extra.split(':').filter(|s| !s.is_empty()).map(PathBuf::from));
+        roots.extend(
+            extra
+                .split(':')
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from),
+        );
     }
     let mut out = Vec::new();
     for root in roots {

@@ -13,8 +13,8 @@ pub fn run(fx: &Fixture) -> Result<Vec<Outcome>, String> {
     if class != "FlowMatchEulerDiscreteScheduler" {
         return Err(format!("scheduler class `{class}` is not implemented"));
     }
-    let cfg: FlowMatchConfig =
-        serde_json::from_value(fx.json["scheduler_config"].clone()).map_err(|e| format!("scheduler_config: {e}"))?;
+    let cfg: FlowMatchConfig = serde_json::from_value(fx.json["scheduler_config"].clone())
+        .map_err(|e| format!("scheduler_config: {e}"))?;
     let steps = fx.json["num_inference_steps"]
         .as_u64()
         .ok_or("no num_inference_steps")? as usize;
@@ -23,14 +23,21 @@ pub fn run(fx: &Fixture) -> Result<Vec<Outcome>, String> {
             .map(|a| a.iter().filter_map(|v| v.as_f64()).collect())
     });
     let mu = fx.json.get("mu").and_then(|m| m.as_f64());
-    let sched = flow_match_schedule(&cfg, steps, sigmas.as_deref(), mu).map_err(|e| e.to_string())?;
+    let sched =
+        flow_match_schedule(&cfg, steps, sigmas.as_deref(), mu).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     for (i, case) in fx.cases.iter().enumerate() {
         let r = (|| -> Result<BTreeMap<String, HostTensor>, String> {
             if case.inputs.is_empty() {
                 return Ok(BTreeMap::from([
-                    ("timesteps".into(), HostTensor::new(vec![sched.timesteps.len()], sched.timesteps.clone())),
-                    ("sigmas".into(), HostTensor::new(vec![sched.sigmas.len()], sched.sigmas.clone())),
+                    (
+                        "timesteps".into(),
+                        HostTensor::new(vec![sched.timesteps.len()], sched.timesteps.clone()),
+                    ),
+                    (
+                        "sigmas".into(),
+                        HostTensor::new(vec![sched.sigmas.len()], sched.sigmas.clone()),
+                    ),
                 ]));
             }
             let x = fx.input(case, "x")?;
@@ -50,7 +57,10 @@ pub fn run(fx: &Fixture) -> Result<Vec<Outcome>, String> {
                         .map(|(x, v)| x + dt * v),
                 );
             }
-            Ok(BTreeMap::from([("prev_sample".into(), HostTensor::new(x.shape.clone(), prev))]))
+            Ok(BTreeMap::from([(
+                "prev_sample".into(),
+                HostTensor::new(x.shape.clone(), prev),
+            )]))
         })();
         out.push(match r {
             Ok(c) => fx.check(i, case, &c),

@@ -9,7 +9,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "dreamforge", version, about = "Personalize text-to-image diffusion models and render with them")]
+#[command(
+    name = "dreamforge",
+    version,
+    about = "Personalize text-to-image diffusion models and render with them"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

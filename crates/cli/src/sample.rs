@@ -108,12 +108,18 @@ pub fn run(a: SampleArgs) -> anyhow::Result<()> {
         height: a.height,
         num_images: a.num_images,
         seed,
-        max_sequence_length: a.max_sequence_length.unwrap_or(if distilled { 512 } else { 256 }),
+        max_sequence_length: a
+            .max_sequence_length
+            .unwrap_or(if distilled { 512 } else { 256 }),
         noise,
     };
     pipe.validate(&req)?;
     if !a.quiet {
-        eprintln!("loaded {} on {spec} in {:.1}s", a.model.display(), t0.elapsed().as_secs_f32());
+        eprintln!(
+            "loaded {} on {spec} in {:.1}s",
+            a.model.display(),
+            t0.elapsed().as_secs_f32()
+        );
     }
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -126,11 +132,17 @@ pub fn run(a: SampleArgs) -> anyhow::Result<()> {
             }
         });
     }
-    let bar = if a.quiet { ProgressBar::hidden() } else { ProgressBar::new(req.steps as u64) };
+    let bar = if a.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(req.steps as u64)
+    };
     bar.set_style(
-        ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} steps  {per_sec}  ETA {eta}  {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{spinner} [{bar:30}] {pos}/{len} steps  {per_sec}  ETA {eta}  {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     let t1 = Instant::now();
     let out = pipe.generate(&req, |info| {
@@ -145,9 +157,18 @@ pub fn run(a: SampleArgs) -> anyhow::Result<()> {
     for w in &out.warnings {
         eprintln!("warning: {w}");
     }
-    let [b, _, h, w] = [out.images.shape[0], out.images.shape[1], out.images.shape[2], out.images.shape[3]];
+    let [b, _, h, w] = [
+        out.images.shape[0],
+        out.images.shape[1],
+        out.images.shape[2],
+        out.images.shape[3],
+    ];
     let plane = 3 * h * w;
-    let model_name = a.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let model_name = a
+        .model
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     for i in 0..b {
         let img = RgbImage::from_chw_signed(&out.images.data[i * plane..(i + 1) * plane], h, w);
         let image_seed = seed + i as u64;
@@ -169,12 +190,22 @@ pub fn run(a: SampleArgs) -> anyhow::Result<()> {
             "dreamforge_version": env!("CARGO_PKG_VERSION"),
         });
         let path = next_free_path(&a.out, image_seed);
-        save_png(&path, &img, &[("parameters", &params), ("dreamforge", &json.to_string())])?;
+        save_png(
+            &path,
+            &img,
+            &[("parameters", &params), ("dreamforge", &json.to_string())],
+        )?;
         println!("{}", path.display());
     }
     if !a.quiet {
         let secs = t1.elapsed().as_secs_f32();
-        eprintln!("{} image(s), {} steps in {:.1}s ({:.2} it/s)", b, req.steps, secs, req.steps as f32 / secs);
+        eprintln!(
+            "{} image(s), {} steps in {:.1}s ({:.2} it/s)",
+            b,
+            req.steps,
+            secs,
+            req.steps as f32 / secs
+        );
     }
     Ok(())
 }
@@ -191,7 +222,10 @@ fn a1111_parameters(r: &FluxRequest, seed: u64, model: &str, distilled: bool) ->
     if distilled {
         s.push_str(&format!(", Distilled CFG Scale: {}", r.guidance));
     }
-    s.push_str(&format!(", Version: dreamforge {}", env!("CARGO_PKG_VERSION")));
+    s.push_str(&format!(
+        ", Version: dreamforge {}",
+        env!("CARGO_PKG_VERSION")
+    ));
     s
 }
 
@@ -224,7 +258,10 @@ fn read_noise(path: &Path) -> Result<dreamforge_core::HostTensor, Error> {
     let set = WeightSet::open(path)?;
     let keys = set.keys();
     if keys.len() != 1 {
-        return Err(Error::format(path, format!("expected exactly one tensor, found {}", keys.len())));
+        return Err(Error::format(
+            path,
+            format!("expected exactly one tensor, found {}", keys.len()),
+        ));
     }
     set.read_f32(keys[0])
 }
@@ -232,6 +269,11 @@ fn read_noise(path: &Path) -> Result<dreamforge_core::HostTensor, Error> {
 fn rand_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
     h.finish() % 4_294_967_296
 }

@@ -78,9 +78,11 @@ pub fn encode_png(img: &RgbImage, text: &[(&str, &str)]) -> Result<Vec<u8>> {
         let err = |e: png::EncodingError| Error::InvalidInput(format!("PNG encoding: {e}"));
         for (k, v) in text {
             if v.chars().all(|c| (c as u32) < 256) {
-                enc.add_text_chunk(k.to_string(), v.to_string()).map_err(err)?;
+                enc.add_text_chunk(k.to_string(), v.to_string())
+                    .map_err(err)?;
             } else {
-                enc.add_itxt_chunk(k.to_string(), v.to_string()).map_err(err)?;
+                enc.add_itxt_chunk(k.to_string(), v.to_string())
+                    .map_err(err)?;
             }
         }
         let mut w = enc.write_header().map_err(err)?;
@@ -127,8 +129,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.png");
         let img = RgbImage::from_chw_signed(&[-1.0, 0.0, 1.0, 0.5, -0.5, 0.25], 1, 2);
-        assert_eq!(img.pixels, vec![0, 64, 191, 255, 128, 159]);
-        save_png(&p, &img, &[("parameters", "a cat\nSteps: 3"), ("dreamforge", "{\"é\":1}")]).unwrap();
+        assert_eq!(img.pixels, vec![0, 255, 64, 128, 191, 159]);
+        save_png(
+            &p,
+            &img,
+            &[
+                ("parameters", "a cat\nSteps: 3"),
+                ("dreamforge", "{\"é\":1}"),
+            ],
+        )
+        .unwrap();
         let text = read_png_text(&p).unwrap();
         assert!(text.contains(&("parameters".into(), "a cat\nSteps: 3".into())));
         assert!(text.contains(&("dreamforge".into(), "{\"é\":1}".into())));

@@ -26,6 +26,9 @@ mod tests {
         assert_ne!(a, randn(8, &[4, 1000]));
         let mean = a.data.iter().sum::<f32>() / a.data.len() as f32;
         let var = a.data.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / a.data.len() as f32;
-        assert!(mean.abs() < 0.05 && (var - 1.0).abs() < 0.1, "mean {mean} var {var}");
+        assert!(
+            mean.abs() < 0.05 && (var - 1.0).abs() < 0.1,
+            "mean {mean} var {var}"
+        );
     }
 }

@@ -66,16 +66,27 @@ impl HostTensor {
 
 const PICKLE_EXTENSIONS: &[&str] = &["ckpt", "pt", "pth", "bin", "pkl", "pickle"];
 
-/// Refuses pickle checkpoints by extension or by content (zip-based torch saves or a pickle
-/// protocol header), without ever unpickling.
-pub fn refuse_pickle(path: &Path, head: &[u8]) -> Result<()> {
+/// Refuses pickle checkpoints by extension (`.ckpt`, `.pt`, `.pth`, `.bin`, ...), unread.
+pub fn refuse_pickle_by_name(path: &Path) -> Result<()> {
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
         .map(|e| e.to_ascii_lowercase());
-    let by_ext = ext.is_some_and(|e| PICKLE_EXTENSIONS.contains(&e.as_str()));
-    let by_magic = head.starts_with(b"PK\x03\x04") || (head.len() >= 2 && head[0] == 0x80 && head[1] <= 5);
-    if by_ext || by_magic {
+    if ext.is_some_and(|e| PICKLE_EXTENSIONS.contains(&e.as_str())) {
+        return Err(Error::Pickle {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+/// Refuses a file that is not safetensors but looks like a torch save (zip) or a raw pickle
+/// (protocol header), without ever unpickling. Only consulted after safetensors parsing failed,
+/// since a safetensors header length can begin with the same bytes.
+pub fn refuse_pickle_by_content(path: &Path, head: &[u8]) -> Result<()> {
+    let zip = head.starts_with(b"PK\x03\x04");
+    let pickle = head.len() >= 2 && head[0] == 0x80 && (2..=5).contains(&head[1]);
+    if zip || pickle {
         return Err(Error::Pickle {
             path: path.to_path_buf(),
         });
@@ -111,13 +122,18 @@ impl SafetensorsFile {
         // SAFETY: the map is read-only; a file truncated underneath us by another process is
         // the one case mmap cannot guard against, as in every mmap-based loader.
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
-        refuse_pickle(&path, &mmap[..mmap.len().min(8)])?;
-        let (n, meta) = safetensors::SafeTensors::read_metadata(&mmap).map_err(|e| {
-            Error::Safetensors {
-                path: path.clone(),
-                reason: describe_st_error(&e, mmap.len()),
+        refuse_pickle_by_name(&path)?;
+        let (n, meta) = match safetensors::SafeTensors::read_metadata(&mmap) {
+            Ok(v) => v,
+            Err(e) => {
+                // Not safetensors: say "pickle" when that is what it looks like.
+                refuse_pickle_by_content(&path, &mmap[..mmap.len().min(8)])?;
+                return Err(Error::Safetensors {
+                    path: path.clone(),
+                    reason: describe_st_error(&e, mmap.len()),
+                });
             }
-        })?;
+        };
         let tensors = meta
             .tensors()
             .into_iter()
@@ -225,7 +241,9 @@ fn describe_st_error(e: &safetensors::SafeTensorError, len: usize) -> String {
     use safetensors::SafeTensorError as E;
     match e {
         E::HeaderTooSmall => format!("file is {len} bytes, too short for a header (truncated?)"),
-        E::InvalidHeaderLength => "header length points past the end of the file (truncated?)".into(),
+        E::InvalidHeaderLength => {
+            "header length points past the end of the file (truncated?)".into()
+        }
         E::MetadataIncompleteBuffer => {
             "tensor data does not match the file size (truncated, or the header lies)".into()
         }
@@ -293,7 +311,10 @@ impl WeightSet {
         match (st.len(), pickles.first()) {
             (1, _) => Self::open(&st[0]),
             (0, Some(p)) => Err(Error::Pickle { path: p.clone() }),
-            (0, None) => Err(Error::format(dir, "no safetensors weights found in this folder")),
+            (0, None) => Err(Error::format(
+                dir,
+                "no safetensors weights found in this folder",
+            )),
             _ => Err(Error::format(
                 dir,
                 format!(
@@ -306,8 +327,8 @@ impl WeightSet {
 
     fn open_index(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| Error::format(path, format!("invalid JSON: {e}")))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::format(path, format!("invalid JSON: {e}")))?;
         let map = v
             .get("weight_map")
             .and_then(|m| m.as_object())
@@ -327,7 +348,10 @@ impl WeightSet {
         let mut files = Vec::new();
         for name in &shard_names {
             if name.contains("..") || Path::new(name).is_absolute() {
-                return Err(Error::format(path, format!("shard name `{name}` escapes the folder")));
+                return Err(Error::format(
+                    path,
+                    format!("shard name `{name}` escapes the folder"),
+                ));
             }
             files.push(SafetensorsFile::open(dir.join(name))?);
         }
@@ -335,7 +359,8 @@ impl WeightSet {
         for (key, shard) in map {
             let shard = shard.as_str().unwrap_or_default();
             match set.key_file.get(key) {
-                Some(&i) if set.files[i].path.file_name().and_then(|n| n.to_str()) == Some(shard) => {}
+                Some(&i)
+                    if set.files[i].path.file_name().and_then(|n| n.to_str()) == Some(shard) => {}
                 _ => {
                     return Err(Error::MissingKey {
                         path: dir.join(shard),
@@ -383,7 +408,9 @@ impl WeightSet {
     }
 
     pub fn shape(&self, key: &str) -> Option<&[usize]> {
-        self.file_of(key).and_then(|f| f.info(key)).map(|i| i.shape.as_slice())
+        self.file_of(key)
+            .and_then(|f| f.info(key))
+            .map(|i| i.shape.as_slice())
     }
 
     pub fn dtype(&self, key: &str) -> Option<Dtype> {
@@ -418,7 +445,10 @@ impl WeightSet {
 
     /// Metadata of the first file (adapters keep theirs in a single file).
     pub fn metadata(&self) -> HashMap<String, String> {
-        self.files.first().map(|f| f.metadata.clone()).unwrap_or_default()
+        self.files
+            .first()
+            .map(|f| f.metadata.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -547,7 +577,9 @@ impl<'a> WeightLoader<'a> {
 
     /// A PyTorch `nn.Linear` at `prefix` (`.weight` `[out, in]`, optional `.bias`).
     pub fn linear(&self, prefix: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear> {
-        let w = self.host(&format!("{prefix}.weight"), &[d_out, d_in])?.transpose2();
+        let w = self
+            .host(&format!("{prefix}.weight"), &[d_out, d_in])?
+            .transpose2();
         let bias = if bias {
             Some(self.param(&format!("{prefix}.bias"), [d_out])?)
         } else {
@@ -582,5 +614,191 @@ impl<'a> WeightLoader<'a> {
                 examples: unused.into_iter().take(5).collect(),
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap as Map;
+
+    fn write_st(path: &Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) {
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+            .iter()
+            .map(|(k, s, d)| {
+                (
+                    k.to_string(),
+                    s.clone(),
+                    d.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                )
+            })
+            .collect();
+        let views: Map<String, safetensors::tensor::TensorView> = bytes
+            .iter()
+            .map(|(k, s, b)| {
+                (
+                    k.clone(),
+                    safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
+                )
+            })
+            .collect();
+        safetensors::serialize_to_file(views, None, path).unwrap();
+    }
+
+    fn err_of(path: &Path) -> String {
+        WeightSet::open(path).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn truncated_and_lying_files_are_refused_with_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.safetensors");
+        write_st(&good, &[("a", vec![2, 3], vec![1.0; 6])]);
+        let bytes = std::fs::read(&good).unwrap();
+
+        let truncated = dir.path().join("truncated.safetensors");
+        std::fs::write(&truncated, &bytes[..bytes.len() - 5]).unwrap();
+        let e = err_of(&truncated);
+        assert!(
+            e.contains("truncated.safetensors") && e.contains("truncated"),
+            "{e}"
+        );
+
+        let tiny = dir.path().join("tiny.safetensors");
+        std::fs::write(&tiny, &bytes[..4]).unwrap();
+        assert!(err_of(&tiny).contains("too short"), "{}", err_of(&tiny));
+
+        // A header that claims more data than the file holds.
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header = String::from_utf8(bytes[8..8 + n].to_vec()).unwrap();
+        let lying_header = header.replace("[0,24]", "[0,2400]");
+        assert_ne!(header, lying_header);
+        let mut lying = (lying_header.len() as u64).to_le_bytes().to_vec();
+        lying.extend(lying_header.as_bytes());
+        lying.extend(&bytes[8 + n..]);
+        let lying_path = dir.path().join("lying.safetensors");
+        std::fs::write(&lying_path, lying).unwrap();
+        let e = err_of(&lying_path);
+        assert!(
+            e.contains("lying.safetensors") && e.contains("not a valid safetensors"),
+            "{e}"
+        );
+
+        let garbage = dir.path().join("garbage.safetensors");
+        std::fs::write(&garbage, b"\xff\xff\xff\xff\xff\xff\xff\x7fnot json at all").unwrap();
+        assert!(err_of(&garbage).contains("garbage.safetensors"));
+    }
+
+    #[test]
+    fn pickle_checkpoints_are_refused_by_name_and_by_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let ckpt = dir.path().join("model.ckpt");
+        std::fs::write(&ckpt, b"PK\x03\x04 torch zip").unwrap();
+        let e = err_of(&ckpt);
+        assert!(
+            e.contains("model.ckpt") && e.contains("pickle") && e.contains("safetensors"),
+            "{e}"
+        );
+        // A pickle renamed to .safetensors is still refused, not parsed.
+        let disguised = dir.path().join("disguised.safetensors");
+        std::fs::write(&disguised, b"\x80\x02}q\x00.").unwrap();
+        assert!(
+            err_of(&disguised).contains("pickle"),
+            "{}",
+            err_of(&disguised)
+        );
+        // A folder with only a pickle explains itself.
+        let only = dir.path().join("only");
+        std::fs::create_dir(&only).unwrap();
+        std::fs::write(only.join("pytorch_model.bin"), b"\x80\x02").unwrap();
+        assert!(err_of(&only).contains("pickle"));
+    }
+
+    #[test]
+    fn loader_reports_missing_unused_and_misshapen_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("w.safetensors");
+        write_st(
+            &p,
+            &[
+                ("lin.weight", vec![3, 2], vec![0.5; 6]),
+                ("extra", vec![1], vec![0.0]),
+            ],
+        );
+        let set = WeightSet::open(&p).unwrap();
+        let dev = burn::tensor::Device::flex();
+        let w = WeightLoader::new(&set, &dev);
+        let e = w.host("lin.weight", &[2, 3]).unwrap_err().to_string();
+        assert!(
+            e.contains("lin.weight") && e.contains("[3, 2]") && e.contains("[2, 3]"),
+            "{e}"
+        );
+        let e = w.host("lin.bias", &[3]).unwrap_err().to_string();
+        assert!(e.contains("missing weight `lin.bias`"), "{e}");
+        let lin = w.linear("lin", 2, 3, false).unwrap();
+        assert_eq!(lin.weight.dims(), [2, 3]);
+        let e = w.finish().unwrap_err().to_string();
+        assert!(e.contains("1 unused") && e.contains("extra"), "{e}");
+    }
+
+    #[test]
+    fn half_precision_decodes_and_sharded_index_resolves() {
+        let dir = tempfile::tempdir().unwrap();
+        let vals = [1.5f32, -2.25, 0.1];
+        let f16: Vec<u8> = vals
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect();
+        let bf16: Vec<u8> = vals
+            .iter()
+            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+            .collect();
+        fn mk<'a>(
+            name: &str,
+            dt: Dtype,
+            b: &'a [u8],
+        ) -> Map<String, safetensors::tensor::TensorView<'a>> {
+            let mut m = Map::new();
+            m.insert(
+                name.to_string(),
+                safetensors::tensor::TensorView::new(dt, vec![3], b).unwrap(),
+            );
+            m
+        }
+        safetensors::serialize_to_file(
+            mk("h", Dtype::F16, &f16),
+            None,
+            &dir.path().join("s1.safetensors"),
+        )
+        .unwrap();
+        safetensors::serialize_to_file(
+            mk("b", Dtype::BF16, &bf16),
+            None,
+            &dir.path().join("s2.safetensors"),
+        )
+        .unwrap();
+        let idx = dir.path().join("model.safetensors.index.json");
+        std::fs::write(
+            &idx,
+            r#"{"metadata":{},"weight_map":{"h":"s1.safetensors","b":"s2.safetensors"}}"#,
+        )
+        .unwrap();
+        let set = WeightSet::open(dir.path()).unwrap();
+        assert_eq!(
+            set.read_f32("h").unwrap().data,
+            vec![1.5, -2.25, half::f16::from_f32(0.1).to_f32()]
+        );
+        assert_eq!(
+            set.read_f32("b").unwrap().data,
+            vec![1.5, -2.25, half::bf16::from_f32(0.1).to_f32()]
+        );
+        // An index naming a key its shard lacks is an error naming both.
+        std::fs::write(
+            &idx,
+            r#"{"weight_map":{"h":"s1.safetensors","zz":"s2.safetensors"}}"#,
+        )
+        .unwrap();
+        let e = WeightSet::open(&idx).unwrap_err().to_string();
+        assert!(e.contains("zz") && e.contains("s2.safetensors"), "{e}");
     }
 }

@@ -69,9 +69,15 @@ pub fn timestep_embedding(
     for &tv in t {
         let args: Vec<f32> = freqs.iter().map(|f| tv * f).collect();
         let (first, second): (Vec<f32>, Vec<f32>) = if flip_sin_to_cos {
-            (args.iter().map(|a| a.cos()).collect(), args.iter().map(|a| a.sin()).collect())
+            (
+                args.iter().map(|a| a.cos()).collect(),
+                args.iter().map(|a| a.sin()).collect(),
+            )
         } else {
-            (args.iter().map(|a| a.sin()).collect(), args.iter().map(|a| a.cos()).collect())
+            (
+                args.iter().map(|a| a.sin()).collect(),
+                args.iter().map(|a| a.cos()).collect(),
+            )
         };
         out.extend(first);
         out.extend(second);

@@ -59,10 +59,13 @@ impl FluxComponents {
         } else {
             o.components.as_deref()
         };
-        if let Some(r) = root {
-            if !r.join("model_index.json").exists() {
-                return Err(Error::format(r, "not a diffusers pipeline folder (no model_index.json)"));
-            }
+        if let Some(r) = root
+            && !r.join("model_index.json").exists()
+        {
+            return Err(Error::format(
+                r,
+                "not a diffusers pipeline folder (no model_index.json)",
+            ));
         }
         let pick = |given: &Option<PathBuf>, name: &str| -> Result<PathBuf> {
             if let Some(p) = given {

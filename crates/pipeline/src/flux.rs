@@ -1,7 +1,7 @@
 //! Text-to-image with the FLUX.1 family, step for step as diffusers `FluxPipeline`: CLIP pooled
-//! + T5 states, packed latents with image ids, `linspace(1, 1/N, N)` sigmas shifted by μ(L),
-//! the distilled guidance embedding, optional true CFG with a negative prompt, FlowMatch Euler,
-//! unpack, `z / scaling + shift`, VAE decode.
+//! output and T5 states, packed latents with image ids, `linspace(1, 1/N, N)` sigmas shifted by
+//! μ(L), the distilled guidance embedding, optional true CFG with a negative prompt, FlowMatch
+//! Euler, unpack, `z / scaling + shift`, VAE decode.
 
 use std::path::Path;
 
@@ -13,7 +13,10 @@ use dreamforge_models::text::clip::ClipTextModel;
 use dreamforge_models::text::t5::T5Encoder;
 use dreamforge_models::text::tokenizer::TextTokenizer;
 use dreamforge_models::vae::AutoencoderKL;
-use dreamforge_sampling::{FlowMatchConfig, StepInfo, calculate_shift, flow_match_schedule, flux_pipeline_sigmas, sample_euler};
+use dreamforge_sampling::{
+    FlowMatchConfig, StepInfo, calculate_shift, flow_match_schedule, flux_pipeline_sigmas,
+    sample_euler,
+};
 
 use crate::components::FluxComponents;
 use crate::latents::{image_ids, pack, unpack};
@@ -63,11 +66,17 @@ pub struct FluxPipeline {
 
 impl FluxPipeline {
     pub fn load(c: &FluxComponents, device: &Device) -> Result<Self> {
-        let config = c.transformer_config.as_deref().map(FluxConfig::from_file).transpose()?;
+        let config = c
+            .transformer_config
+            .as_deref()
+            .map(FluxConfig::from_file)
+            .transpose()?;
         let scheduler = match &c.scheduler_config {
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
-                serde_json::from_str(&text).map_err(|e| Error::config(p, format!("not a flow-match scheduler config: {e}")))?
+                serde_json::from_str(&text).map_err(|e| {
+                    Error::config(p, format!("not a flow-match scheduler config: {e}"))
+                })?
             }
             None => default_scheduler(&c.transformer)?,
         };
@@ -91,7 +100,11 @@ impl FluxPipeline {
     /// Checks the request before any heavy work: sizes, steps, a noise tensor's shape, memory.
     pub fn validate(&self, r: &FluxRequest) -> Result<()> {
         let m = self.vae_scale_factor() * 2;
-        if r.width == 0 || r.height == 0 || r.width % m != 0 || r.height % m != 0 {
+        if r.width == 0
+            || r.height == 0
+            || !r.width.is_multiple_of(m)
+            || !r.height.is_multiple_of(m)
+        {
             return Err(Error::InvalidInput(format!(
                 "width and height must be positive multiples of {m} (got {}x{})",
                 r.width, r.height
@@ -104,20 +117,22 @@ impl FluxPipeline {
             return Err(Error::InvalidInput("num-images must be at least 1".into()));
         }
         if r.max_sequence_length == 0 {
-            return Err(Error::InvalidInput("max-sequence-length must be at least 1".into()));
+            return Err(Error::InvalidInput(
+                "max-sequence-length must be at least 1".into(),
+            ));
         }
         let need = self.estimate_bytes(r);
-        if let Some(avail) = available_memory_bytes(&self.device) {
-            if need > avail {
-                return Err(Error::InvalidInput(format!(
-                    "{}x{} x{} needs about {:.1} GiB of working memory but about {:.1} GiB is available; use a smaller size or fewer images",
-                    r.width,
-                    r.height,
-                    r.num_images,
-                    need as f64 / (1u64 << 30) as f64,
-                    avail as f64 / (1u64 << 30) as f64
-                )));
-            }
+        if let Some(avail) = available_memory_bytes(&self.device)
+            && need > avail
+        {
+            return Err(Error::InvalidInput(format!(
+                "{}x{} x{} needs about {:.1} GiB of working memory but about {:.1} GiB is available; use a smaller size or fewer images",
+                r.width,
+                r.height,
+                r.num_images,
+                need as f64 / (1u64 << 30) as f64,
+                avail as f64 / (1u64 << 30) as f64
+            )));
         }
         Ok(())
     }
@@ -137,7 +152,14 @@ impl FluxPipeline {
         vae.max(dit)
     }
 
-    fn tokenize(&self, tok: &TextTokenizer, texts: &[&str], max_len: usize, what: &str, warnings: &mut Vec<String>) -> Result<Tensor<2, Int>> {
+    fn tokenize(
+        &self,
+        tok: &TextTokenizer,
+        texts: &[&str],
+        max_len: usize,
+        what: &str,
+        warnings: &mut Vec<String>,
+    ) -> Result<Tensor<2, Int>> {
         let enc = tok.encode_batch(texts, max_len)?;
         if enc.truncated.iter().any(|&t| t) {
             warnings.push(format!(
@@ -146,12 +168,27 @@ impl FluxPipeline {
         }
         let n = enc.ids.len();
         let flat: Vec<i64> = enc.ids.into_iter().flatten().collect();
-        Ok(Tensor::from_data(TensorData::new(flat, [n, max_len]), &self.device))
+        Ok(Tensor::from_data(
+            TensorData::new(flat, [n, max_len]),
+            &self.device,
+        ))
     }
 
     /// (T5 states `[B, T, D]`, CLIP pooled `[B, P]`) for `prompt` repeated `n` times.
-    pub fn encode_prompt(&self, prompt: &str, n: usize, max_seq: usize, warnings: &mut Vec<String>) -> Result<(Tensor<3>, Tensor<2>)> {
-        let clip_ids = self.tokenize(&self.tokenizer, &[prompt], CLIP_MAX_LENGTH, "CLIP", warnings)?;
+    pub fn encode_prompt(
+        &self,
+        prompt: &str,
+        n: usize,
+        max_seq: usize,
+        warnings: &mut Vec<String>,
+    ) -> Result<(Tensor<3>, Tensor<2>)> {
+        let clip_ids = self.tokenize(
+            &self.tokenizer,
+            &[prompt],
+            CLIP_MAX_LENGTH,
+            "CLIP",
+            warnings,
+        )?;
         let pooled = self.text_encoder.forward(clip_ids)?.pooler_output;
         let t5_ids = self.tokenize(&self.tokenizer_2, &[prompt], max_seq, "T5", warnings)?;
         let states = self.text_encoder_2.forward(t5_ids, None);
@@ -173,25 +210,38 @@ impl FluxPipeline {
                 [b, c, h, w]
             ))),
             None => {
-                let per: Vec<f32> = (0..b).flat_map(|i| randn(r.seed + i as u64, &[1, c, h, w]).data).collect();
-                Ok(pack(HostTensor::new(vec![b, c, h, w], per).to_device(&self.device)))
+                let per: Vec<f32> = (0..b)
+                    .flat_map(|i| randn(r.seed + i as u64, &[1, c, h, w]).data)
+                    .collect();
+                Ok(pack(
+                    HostTensor::new(vec![b, c, h, w], per).to_device(&self.device),
+                ))
             }
         }
     }
 
     /// Runs one request. `on_step` returning `false` cancels (then `Ok(None)`).
-    pub fn generate(&self, r: &FluxRequest, on_step: impl FnMut(StepInfo) -> bool) -> Result<Option<FluxOutput>> {
+    pub fn generate(
+        &self,
+        r: &FluxRequest,
+        on_step: impl FnMut(StepInfo) -> bool,
+    ) -> Result<Option<FluxOutput>> {
         self.validate(r)?;
         let mut warnings = Vec::new();
         let b = r.num_images;
         let vsf = self.vae_scale_factor();
         let (h, w) = (2 * (r.height / (vsf * 2)), 2 * (r.width / (vsf * 2)));
         let c = self.transformer.config.in_channels / 4;
-        let (states, pooled) = self.encode_prompt(&r.prompt, b, r.max_sequence_length, &mut warnings)?;
+        let (states, pooled) =
+            self.encode_prompt(&r.prompt, b, r.max_sequence_length, &mut warnings)?;
         let cfg = match (&r.negative_prompt, r.true_cfg_scale > 1.0) {
-            (Some(neg), true) => Some(self.encode_prompt(neg, b, r.max_sequence_length, &mut warnings)?),
+            (Some(neg), true) => {
+                Some(self.encode_prompt(neg, b, r.max_sequence_length, &mut warnings)?)
+            }
             (Some(_), false) => {
-                warnings.push("a negative prompt has no effect unless --true-cfg is greater than 1".into());
+                warnings.push(
+                    "a negative prompt has no effect unless --true-cfg is greater than 1".into(),
+                );
                 None
             }
             _ => None,
@@ -199,12 +249,28 @@ impl FluxPipeline {
         let latents = self.initial_latents(r, c, h, w)?;
         let l = latents.dims()[1];
         let t_len = states.dims()[1];
-        let rope = self.transformer.rope(&vec![0.0; t_len * 3], &image_ids(h / 2, w / 2), &self.device);
+        let rope = self.transformer.rope(
+            &vec![0.0; t_len * 3],
+            &image_ids(h / 2, w / 2),
+            &self.device,
+        );
 
-        let mu = self.scheduler.use_dynamic_shifting.then(|| calculate_shift(l, &self.scheduler));
-        let schedule = flow_match_schedule(&self.scheduler, r.steps, Some(&flux_pipeline_sigmas(r.steps)), mu)
-            .map_err(|e| Error::InvalidInput(format!("scheduler: {e}")))?;
-        let guidance = self.transformer.config.guidance_embeds.then(|| vec![r.guidance; b]);
+        let mu = self
+            .scheduler
+            .use_dynamic_shifting
+            .then(|| calculate_shift(l, &self.scheduler));
+        let schedule = flow_match_schedule(
+            &self.scheduler,
+            r.steps,
+            Some(&flux_pipeline_sigmas(r.steps)),
+            mu,
+        )
+        .map_err(|e| Error::InvalidInput(format!("scheduler: {e}")))?;
+        let guidance = self
+            .transformer
+            .config
+            .guidance_embeds
+            .then(|| vec![r.guidance; b]);
 
         let denoise = |x: Tensor<3>, _sigma: f32, i: usize| -> Result<Tensor<3>> {
             // diffusers passes `t / 1000` with t = 1000·σ rounded to f32.

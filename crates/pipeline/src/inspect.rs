@@ -22,15 +22,18 @@ pub fn inspect(path: &Path) -> Result<String> {
     if path.is_dir() && path.join("model_index.json").exists() {
         let idx_path = path.join("model_index.json");
         let text = std::fs::read_to_string(&idx_path).map_err(|e| Error::io(&idx_path, e))?;
-        let idx: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| Error::format(&idx_path, format!("invalid JSON: {e}")))?;
+        let idx: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::format(&idx_path, format!("invalid JSON: {e}")))?;
         let class = idx["_class_name"].as_str().unwrap_or("unknown");
         let _ = writeln!(out, "{}: diffusers pipeline `{class}`", path.display());
         let declared: Vec<String> = idx
             .as_object()
             .map(|o| {
                 o.iter()
-                    .filter(|(k, v)| !k.starts_with('_') && v.as_array().is_some_and(|a| a.iter().any(|x| !x.is_null())))
+                    .filter(|(k, v)| {
+                        !k.starts_with('_')
+                            && v.as_array().is_some_and(|a| a.iter().any(|x| !x.is_null()))
+                    })
                     .map(|(k, _)| k.clone())
                     .collect()
             })
@@ -53,8 +56,10 @@ pub fn inspect(path: &Path) -> Result<String> {
                 Err(Error::Format { .. }) => {
                     let files: Vec<String> = std::fs::read_dir(&p)
                         .map(|rd| {
-                            rd.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-                                .collect()
+                            rd.filter_map(|e| {
+                                e.ok().map(|e| e.file_name().to_string_lossy().into_owned())
+                            })
+                            .collect()
                         })
                         .unwrap_or_default();
                     let _ = writeln!(out, "  {name:<16} files: {}", files.join(", "));
@@ -79,7 +84,11 @@ pub fn inspect(path: &Path) -> Result<String> {
                     c.inner_dim(),
                     c.num_attention_heads,
                     c.attention_head_dim,
-                    if c.guidance_embeds { "guidance-distilled (dev)" } else { "no guidance embedding (schnell)" },
+                    if c.guidance_embeds {
+                        "guidance-distilled (dev)"
+                    } else {
+                        "no guidance embedding (schnell)"
+                    },
                     c.in_channels,
                     c.out_channels(),
                     c.joint_attention_dim,
@@ -108,8 +117,12 @@ pub fn summarize(set: &WeightSet) -> String {
         }
     }
     let family = match FluxKeyFormat::detect(set) {
-        Some(FluxKeyFormat::Bfl { prefix }) => format!("FLUX transformer, BFL keys{}", prefix_note(&prefix)),
-        Some(FluxKeyFormat::Diffusers { prefix }) => format!("FLUX transformer, diffusers keys{}", prefix_note(&prefix)),
+        Some(FluxKeyFormat::Bfl { prefix }) => {
+            format!("FLUX transformer, BFL keys{}", prefix_note(&prefix))
+        }
+        Some(FluxKeyFormat::Diffusers { prefix }) => {
+            format!("FLUX transformer, diffusers keys{}", prefix_note(&prefix))
+        }
         None => guess_family(&keys).to_string(),
     };
     let dt: Vec<String> = dtypes.iter().map(|(d, n)| format!("{d} x{n}")).collect();

@@ -8,7 +8,12 @@ use burn::tensor::Tensor;
 ///
 /// # Shapes
 /// `x`, `v`: any shape, equal
-pub fn euler_step<const D: usize>(x: Tensor<D>, v: Tensor<D>, sigma: f32, sigma_next: f32) -> Tensor<D> {
+pub fn euler_step<const D: usize>(
+    x: Tensor<D>,
+    v: Tensor<D>,
+    sigma: f32,
+    sigma_next: f32,
+) -> Tensor<D> {
     x + v * (sigma_next - sigma)
 }
 

@@ -73,7 +73,8 @@ pub struct Schedule {
 
 /// FLUX pipeline `calculate_shift`: μ linear in the image sequence length.
 pub fn calculate_shift(image_seq_len: usize, cfg: &FlowMatchConfig) -> f64 {
-    let m = (cfg.max_shift - cfg.base_shift) / (cfg.max_image_seq_len as f64 - cfg.base_image_seq_len as f64);
+    let m = (cfg.max_shift - cfg.base_shift)
+        / (cfg.max_image_seq_len as f64 - cfg.base_image_seq_len as f64);
     let b = cfg.base_shift - m * cfg.base_image_seq_len as f64;
     image_seq_len as f64 * m + b
 }
@@ -100,7 +101,9 @@ fn linspace(a: f64, b: f64, n: usize) -> Vec<f64> {
 /// Errors in a schedule request.
 #[derive(Debug, thiserror::Error)]
 pub enum ScheduleError {
-    #[error("the scheduler config uses dynamic shifting: μ (or the image sequence length) is required")]
+    #[error(
+        "the scheduler config uses dynamic shifting: μ (or the image sequence length) is required"
+    )]
     MissingMu,
     #[error("{0} sigma schedules are not supported for flow matching")]
     Unsupported(&'static str),
@@ -163,12 +166,17 @@ pub fn flow_match_schedule(
         s = if sigmas.is_some() {
             // numpy evaluates this on the float32 array (Python scalars are weak): do the same.
             let a = a as f32;
-            s.iter().map(|&t| (a / (a + (1.0 / t as f32 - 1.0))) as f64).collect()
+            s.iter()
+                .map(|&t| (a / (a + (1.0 / t as f32 - 1.0))) as f64)
+                .collect()
         } else {
             s.iter().map(|&t| a / (a + (1.0 / t - 1.0))).collect()
         };
     } else {
-        s = s.iter().map(|&t| cfg.shift * t / (1.0 + (cfg.shift - 1.0) * t)).collect();
+        s = s
+            .iter()
+            .map(|&t| cfg.shift * t / (1.0 + (cfg.shift - 1.0) * t))
+            .collect();
     }
     if let Some(term) = cfg.shift_terminal {
         let last = 1.0 - s[s.len() - 1];
@@ -179,9 +187,15 @@ pub fn flow_match_schedule(
     if cfg.invert_sigmas {
         sig = sig.iter().map(|v| 1.0 - v).collect();
     }
-    let timesteps = sig.iter().map(|v| v * cfg.num_train_timesteps as f32).collect();
+    let timesteps = sig
+        .iter()
+        .map(|v| v * cfg.num_train_timesteps as f32)
+        .collect();
     sig.push(if cfg.invert_sigmas { 1.0 } else { 0.0 });
-    Ok(Schedule { timesteps, sigmas: sig })
+    Ok(Schedule {
+        timesteps,
+        sigmas: sig,
+    })
 }
 
 #[cfg(test)]

@@ -5,4 +5,7 @@ pub mod euler;
 pub mod flow_match;
 
 pub use euler::{StepInfo, euler_step, sample_euler};
-pub use flow_match::{FlowMatchConfig, Schedule, ScheduleError, calculate_shift, flow_match_schedule, flux_pipeline_sigmas};
+pub use flow_match::{
+    FlowMatchConfig, Schedule, ScheduleError, calculate_shift, flow_match_schedule,
+    flux_pipeline_sigmas,
+};

@@ -25,7 +25,13 @@ pub struct QkvProj {
 
 impl QkvProj {
     /// `names` = (q, k, v, norm_q, norm_k) under `prefix`.
-    pub fn load(w: &WeightLoader, prefix: &str, names: [&str; 5], dim: usize, heads: usize) -> Result<Self> {
+    pub fn load(
+        w: &WeightLoader,
+        prefix: &str,
+        names: [&str; 5],
+        dim: usize,
+        heads: usize,
+    ) -> Result<Self> {
         let head_dim = dim / heads;
         let p = |n: &str| format!("{prefix}.{n}");
         Ok(Self {
@@ -41,8 +47,12 @@ impl QkvProj {
     /// # Shapes
     /// `x: [B, S, dim]` → q, k, v each `[B, H, S, D]` (q and k normed)
     pub fn forward(&self, x: Tensor<3>) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
-        let q = self.norm_q.forward(split_heads(self.q.forward(x.clone()), self.heads));
-        let k = self.norm_k.forward(split_heads(self.k.forward(x.clone()), self.heads));
+        let q = self
+            .norm_q
+            .forward(split_heads(self.q.forward(x.clone()), self.heads));
+        let k = self
+            .norm_k
+            .forward(split_heads(self.k.forward(x.clone()), self.heads));
         let v = split_heads(self.v.forward(x), self.heads);
         (q, k, v)
     }
@@ -60,11 +70,23 @@ pub struct JointAttention {
 impl JointAttention {
     pub fn load(w: &WeightLoader, prefix: &str, dim: usize, heads: usize) -> Result<Self> {
         Ok(Self {
-            img: QkvProj::load(w, prefix, ["to_q", "to_k", "to_v", "norm_q", "norm_k"], dim, heads)?,
+            img: QkvProj::load(
+                w,
+                prefix,
+                ["to_q", "to_k", "to_v", "norm_q", "norm_k"],
+                dim,
+                heads,
+            )?,
             txt: QkvProj::load(
                 w,
                 prefix,
-                ["add_q_proj", "add_k_proj", "add_v_proj", "norm_added_q", "norm_added_k"],
+                [
+                    "add_q_proj",
+                    "add_k_proj",
+                    "add_v_proj",
+                    "norm_added_q",
+                    "norm_added_k",
+                ],
                 dim,
                 heads,
             )?,

@@ -65,8 +65,9 @@ pub struct FluxConfig {
 impl FluxConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let cfg: Self = serde_json::from_str(&text)
-            .map_err(|e| Error::config(path, format!("not a FluxTransformer2DModel config: {e}")))?;
+        let cfg: Self = serde_json::from_str(&text).map_err(|e| {
+            Error::config(path, format!("not a FluxTransformer2DModel config: {e}"))
+        })?;
         cfg.validate().map_err(|r| Error::config(path, r))?;
         Ok(cfg)
     }
@@ -93,7 +94,10 @@ impl FluxConfig {
             ));
         }
         if self.axes_dims_rope.iter().any(|d| d % 2 == 1) {
-            return Err(format!("axes_dims_rope {:?} must all be even", self.axes_dims_rope));
+            return Err(format!(
+                "axes_dims_rope {:?} must all be even",
+                self.axes_dims_rope
+            ));
         }
         if self.num_attention_heads == 0 || self.attention_head_dim == 0 {
             return Err("attention heads and head dim must be positive".into());
@@ -126,12 +130,12 @@ impl FluxKeyFormat {
                     prefix: k[..i].to_string(),
                 });
             }
-            if let Some(i) = k.find("transformer_blocks.0.attn.to_q.weight") {
-                if !k[..i].ends_with("single_") {
-                    return Some(Self::Diffusers {
-                        prefix: k[..i].to_string(),
-                    });
-                }
+            if let Some(i) = k.find("transformer_blocks.0.attn.to_q.weight")
+                && !k[..i].ends_with("single_")
+            {
+                return Some(Self::Diffusers {
+                    prefix: k[..i].to_string(),
+                });
             }
         }
         // A model with zero double blocks: fall back on the single blocks.
@@ -168,7 +172,11 @@ fn count_blocks(set: &WeightSet, prefix: &str, marker: &str) -> usize {
 /// Infers a config from a checkpoint's keys and shapes. RoPE axes cannot be read from weights:
 /// `axes` supplies them; without it, the FLUX.1 split (16, 56, 56) is assumed for head dim 128
 /// and anything else is an error asking for `--config`.
-pub fn infer_config(set: &WeightSet, format: &FluxKeyFormat, axes: Option<Vec<usize>>) -> Result<FluxConfig> {
+pub fn infer_config(
+    set: &WeightSet,
+    format: &FluxKeyFormat,
+    axes: Option<Vec<usize>>,
+) -> Result<FluxConfig> {
     let p = format.prefix();
     let shape = |k: &str| -> Result<Vec<usize>> {
         set.shape(&format!("{p}{k}"))
@@ -185,7 +193,9 @@ pub fn infer_config(set: &WeightSet, format: &FluxKeyFormat, axes: Option<Vec<us
             "txt_in.weight",
             "vector_in.in_layer.weight",
             "guidance_in.in_layer.weight",
-            if set.contains(&format!("{p}double_blocks.0.img_attn.norm.query_norm.scale")) {
+            if set.contains(&format!(
+                "{p}double_blocks.0.img_attn.norm.query_norm.scale"
+            )) {
                 "double_blocks.0.img_attn.norm.query_norm.scale"
             } else {
                 "single_blocks.0.norm.query_norm.scale"
@@ -206,7 +216,11 @@ pub fn infer_config(set: &WeightSet, format: &FluxKeyFormat, axes: Option<Vec<us
             },
             "proj_out.weight",
             count_blocks(set, &format!("{p}transformer_blocks."), "attn.to_q.weight"),
-            count_blocks(set, &format!("{p}single_transformer_blocks."), "attn.to_q.weight"),
+            count_blocks(
+                set,
+                &format!("{p}single_transformer_blocks."),
+                "attn.to_q.weight",
+            ),
         ),
     };
     let x = shape(x_in)?;

@@ -31,7 +31,8 @@ impl FeedForward {
     /// # Shapes
     /// `[B, S, dim]` → `[B, S, dim]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.proj_out.forward(gelu_approximate(self.proj_in.forward(x)))
+        self.proj_out
+            .forward(gelu_approximate(self.proj_in.forward(x)))
     }
 }
 
@@ -56,7 +57,13 @@ pub struct DoubleBlock {
 }
 
 impl DoubleBlock {
-    pub fn load(w: &WeightLoader, prefix: &str, dim: usize, heads: usize, mlp_hidden: usize) -> Result<Self> {
+    pub fn load(
+        w: &WeightLoader,
+        prefix: &str,
+        dim: usize,
+        heads: usize,
+        mlp_hidden: usize,
+    ) -> Result<Self> {
         let p = |n: &str| format!("{prefix}.{n}");
         Ok(Self {
             norm1: w.linear(&p("norm1.linear"), dim, 6 * dim, true)?,
@@ -69,7 +76,13 @@ impl DoubleBlock {
 
     /// # Shapes
     /// `img: [B, L, dim]`, `txt: [B, T, dim]`, `temb: [B, dim]` → (`img`, `txt`) same shapes
-    pub fn forward(&self, img: Tensor<3>, txt: Tensor<3>, temb: Tensor<2>, rope: &Rope) -> (Tensor<3>, Tensor<3>) {
+    pub fn forward(
+        &self,
+        img: Tensor<3>,
+        txt: Tensor<3>,
+        temb: Tensor<2>,
+        rope: &Rope,
+    ) -> (Tensor<3>, Tensor<3>) {
         let act = silu(temb);
         let m = chunks(self.norm1.forward(act.clone()), 6);
         let c = chunks(self.norm1_context.forward(act), 6);

@@ -48,9 +48,19 @@ impl TimeTextEmbed {
     pub fn load(w: &WeightLoader, inner: usize, pooled_dim: usize, guidance: bool) -> Result<Self> {
         let p = "time_text_embed";
         Ok(Self {
-            timestep_embedder: MlpEmbedder::load(w, &format!("{p}.timestep_embedder"), TIME_PROJ_DIM, inner)?,
+            timestep_embedder: MlpEmbedder::load(
+                w,
+                &format!("{p}.timestep_embedder"),
+                TIME_PROJ_DIM,
+                inner,
+            )?,
             guidance_embedder: if guidance {
-                Some(MlpEmbedder::load(w, &format!("{p}.guidance_embedder"), TIME_PROJ_DIM, inner)?)
+                Some(MlpEmbedder::load(
+                    w,
+                    &format!("{p}.guidance_embedder"),
+                    TIME_PROJ_DIM,
+                    inner,
+                )?)
             } else {
                 None
             },
@@ -62,7 +72,12 @@ impl TimeTextEmbed {
     ///
     /// # Shapes
     /// `timestep: [B]`, `guidance: [B]`, `pooled: [B, P]` → `[B, inner]`
-    pub fn forward(&self, timestep: &[f32], guidance: Option<&[f32]>, pooled: Tensor<2>) -> Tensor<2> {
+    pub fn forward(
+        &self,
+        timestep: &[f32],
+        guidance: Option<&[f32]>,
+        pooled: Tensor<2>,
+    ) -> Tensor<2> {
         let device = pooled.device();
         let t = timestep_embedding(timestep, TIME_PROJ_DIM, true, 0.0, &device);
         let mut emb = self.timestep_embedder.forward(t);

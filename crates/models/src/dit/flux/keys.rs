@@ -26,12 +26,30 @@ pub fn bfl_key_map(cfg: &FluxConfig) -> KeyMap {
     };
     for wb in ["weight", "bias"] {
         for (ours, theirs) in [
-            ("time_text_embed.timestep_embedder.linear_1", "time_in.in_layer"),
-            ("time_text_embed.timestep_embedder.linear_2", "time_in.out_layer"),
-            ("time_text_embed.guidance_embedder.linear_1", "guidance_in.in_layer"),
-            ("time_text_embed.guidance_embedder.linear_2", "guidance_in.out_layer"),
-            ("time_text_embed.text_embedder.linear_1", "vector_in.in_layer"),
-            ("time_text_embed.text_embedder.linear_2", "vector_in.out_layer"),
+            (
+                "time_text_embed.timestep_embedder.linear_1",
+                "time_in.in_layer",
+            ),
+            (
+                "time_text_embed.timestep_embedder.linear_2",
+                "time_in.out_layer",
+            ),
+            (
+                "time_text_embed.guidance_embedder.linear_1",
+                "guidance_in.in_layer",
+            ),
+            (
+                "time_text_embed.guidance_embedder.linear_2",
+                "guidance_in.out_layer",
+            ),
+            (
+                "time_text_embed.text_embedder.linear_1",
+                "vector_in.in_layer",
+            ),
+            (
+                "time_text_embed.text_embedder.linear_2",
+                "vector_in.out_layer",
+            ),
             ("context_embedder", "txt_in"),
             ("x_embedder", "img_in"),
             ("proj_out", "final_layer.linear"),
@@ -68,7 +86,10 @@ pub fn bfl_key_map(cfg: &FluxConfig) -> KeyMap {
     for i in 0..cfg.num_layers {
         let o = format!("transformer_blocks.{i}.attn");
         let t = format!("double_blocks.{i}");
-        for (side, names) in [("img", ["to_q", "to_k", "to_v"]), ("txt", ["add_q_proj", "add_k_proj", "add_v_proj"])] {
+        for (side, names) in [
+            ("img", ["to_q", "to_k", "to_v"]),
+            ("txt", ["add_q_proj", "add_k_proj", "add_v_proj"]),
+        ] {
             for (j, name) in names.iter().enumerate() {
                 for wb in ["weight", "bias"] {
                     m.insert(
@@ -84,22 +105,39 @@ pub fn bfl_key_map(cfg: &FluxConfig) -> KeyMap {
             ("norm_added_q", "txt_attn.norm.query_norm"),
             ("norm_added_k", "txt_attn.norm.key_norm"),
         ] {
-            m.insert(format!("{o}.{ours}.weight"), KeySource::whole(format!("{t}.{theirs}.scale")));
+            m.insert(
+                format!("{o}.{ours}.weight"),
+                KeySource::whole(format!("{t}.{theirs}.scale")),
+            );
         }
     }
     for i in 0..cfg.num_single_layers {
         let o = format!("single_transformer_blocks.{i}");
         let t = format!("single_blocks.{i}");
-        for (j, (name, len)) in [("attn.to_q", inner), ("attn.to_k", inner), ("attn.to_v", inner), ("proj_mlp", mlp)]
-            .into_iter()
-            .enumerate()
+        for (j, (name, len)) in [
+            ("attn.to_q", inner),
+            ("attn.to_k", inner),
+            ("attn.to_v", inner),
+            ("proj_mlp", mlp),
+        ]
+        .into_iter()
+        .enumerate()
         {
             for wb in ["weight", "bias"] {
-                m.insert(format!("{o}.{name}.{wb}"), rows(format!("{t}.linear1.{wb}"), j * inner, len));
+                m.insert(
+                    format!("{o}.{name}.{wb}"),
+                    rows(format!("{t}.linear1.{wb}"), j * inner, len),
+                );
             }
         }
-        m.insert(format!("{o}.attn.norm_q.weight"), KeySource::whole(format!("{t}.norm.query_norm.scale")));
-        m.insert(format!("{o}.attn.norm_k.weight"), KeySource::whole(format!("{t}.norm.key_norm.scale")));
+        m.insert(
+            format!("{o}.attn.norm_q.weight"),
+            KeySource::whole(format!("{t}.norm.query_norm.scale")),
+        );
+        m.insert(
+            format!("{o}.attn.norm_k.weight"),
+            KeySource::whole(format!("{t}.norm.key_norm.scale")),
+        );
     }
     for wb in ["weight", "bias"] {
         m.insert(

@@ -53,7 +53,10 @@ impl FluxTransformer {
     pub fn load(path: &Path, config: Option<FluxConfig>, device: &Device) -> Result<Self> {
         let set = WeightSet::open(path)?;
         let format = FluxKeyFormat::detect(&set).ok_or_else(|| {
-            Error::format(path, "not a FLUX transformer checkpoint (neither diffusers nor BFL keys found)")
+            Error::format(
+                path,
+                "not a FLUX transformer checkpoint (neither diffusers nor BFL keys found)",
+            )
         })?;
         let config = match config {
             Some(c) => c,
@@ -69,8 +72,15 @@ impl FluxTransformer {
         Self::from_weights(&set, &format, config, device)
     }
 
-    pub fn from_weights(set: &WeightSet, format: &FluxKeyFormat, config: FluxConfig, device: &Device) -> Result<Self> {
-        config.validate().map_err(|r| Error::config(set.origin(), r))?;
+    pub fn from_weights(
+        set: &WeightSet,
+        format: &FluxKeyFormat,
+        config: FluxConfig,
+        device: &Device,
+    ) -> Result<Self> {
+        config
+            .validate()
+            .map_err(|r| Error::config(set.origin(), r))?;
         let mut w = WeightLoader::new(set, device).with_prefix(format.prefix());
         if matches!(format, FluxKeyFormat::Bfl { .. }) {
             w = w.with_key_map(bfl_key_map(&config));
@@ -82,15 +92,33 @@ impl FluxTransformer {
         let model = Self {
             x_embedder: w.linear("x_embedder", c.in_channels, dim, true)?,
             context_embedder: w.linear("context_embedder", c.joint_attention_dim, dim, true)?,
-            time_text_embed: TimeTextEmbed::load(&w, dim, c.pooled_projection_dim, c.guidance_embeds)?,
+            time_text_embed: TimeTextEmbed::load(
+                &w,
+                dim,
+                c.pooled_projection_dim,
+                c.guidance_embeds,
+            )?,
             transformer_blocks: (0..c.num_layers)
                 .map(|i| DoubleBlock::load(&w, &format!("transformer_blocks.{i}"), dim, heads, mlp))
                 .collect::<Result<_>>()?,
             single_transformer_blocks: (0..c.num_single_layers)
-                .map(|i| SingleBlock::load(&w, &format!("single_transformer_blocks.{i}"), dim, heads, mlp))
+                .map(|i| {
+                    SingleBlock::load(
+                        &w,
+                        &format!("single_transformer_blocks.{i}"),
+                        dim,
+                        heads,
+                        mlp,
+                    )
+                })
                 .collect::<Result<_>>()?,
             norm_out: w.linear("norm_out.linear", dim, 2 * dim, true)?,
-            proj_out: w.linear("proj_out", dim, c.patch_size * c.patch_size * c.out_channels(), true)?,
+            proj_out: w.linear(
+                "proj_out",
+                dim,
+                c.patch_size * c.patch_size * c.out_channels(),
+                true,
+            )?,
             config,
         };
         w.finish()?;
@@ -119,7 +147,10 @@ impl FluxTransformer {
         let [b, l, _] = hidden_states.dims();
         let t_len = encoder_hidden_states.dims()[1];
         if timestep.len() != b {
-            return Err(Error::InvalidInput(format!("{} timesteps for batch {b}", timestep.len())));
+            return Err(Error::InvalidInput(format!(
+                "{} timesteps for batch {b}",
+                timestep.len()
+            )));
         }
         let t: Vec<f32> = timestep.iter().map(|t| t * 1000.0).collect();
         let g: Option<Vec<f32>> = match (&guidance, self.config.guidance_embeds) {
@@ -130,11 +161,16 @@ impl FluxTransformer {
                 ));
             }
             (Some(g), true) => {
-                return Err(Error::InvalidInput(format!("{} guidance values for batch {b}", g.len())));
+                return Err(Error::InvalidInput(format!(
+                    "{} guidance values for batch {b}",
+                    g.len()
+                )));
             }
             (_, false) => None,
         };
-        let temb = self.time_text_embed.forward(&t, g.as_deref(), pooled_projections);
+        let temb = self
+            .time_text_embed
+            .forward(&t, g.as_deref(), pooled_projections);
         let mut img = self.x_embedder.forward(hidden_states);
         let mut txt = self.context_embedder.forward(encoder_hidden_states);
         for block in &self.transformer_blocks {

@@ -14,7 +14,13 @@ pub struct Rope {
 }
 
 /// Builds the tables from `ids` (`[S, n_axes]`, row-major, as floats) and the axis dims.
-pub fn flux_rope(ids: &[f32], n_axes: usize, axes_dim: &[usize], theta: f64, device: &Device) -> Rope {
+pub fn flux_rope(
+    ids: &[f32],
+    n_axes: usize,
+    axes_dim: &[usize],
+    theta: f64,
+    device: &Device,
+) -> Rope {
     assert_eq!(axes_dim.len(), n_axes, "one RoPE dim per id axis");
     let s = ids.len() / n_axes;
     let d: usize = axes_dim.iter().sum();

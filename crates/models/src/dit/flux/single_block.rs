@@ -23,11 +23,23 @@ pub struct SingleBlock {
 }
 
 impl SingleBlock {
-    pub fn load(w: &WeightLoader, prefix: &str, dim: usize, heads: usize, mlp_hidden: usize) -> Result<Self> {
+    pub fn load(
+        w: &WeightLoader,
+        prefix: &str,
+        dim: usize,
+        heads: usize,
+        mlp_hidden: usize,
+    ) -> Result<Self> {
         let p = |n: &str| format!("{prefix}.{n}");
         Ok(Self {
             norm: w.linear(&p("norm.linear"), dim, 3 * dim, true)?,
-            attn: QkvProj::load(w, &p("attn"), ["to_q", "to_k", "to_v", "norm_q", "norm_k"], dim, heads)?,
+            attn: QkvProj::load(
+                w,
+                &p("attn"),
+                ["to_q", "to_k", "to_v", "norm_q", "norm_k"],
+                dim,
+                heads,
+            )?,
             proj_mlp: w.linear(&p("proj_mlp"), dim, mlp_hidden, true)?,
             proj_out: w.linear(&p("proj_out"), dim + mlp_hidden, dim, true)?,
         })
