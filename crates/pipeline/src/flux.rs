@@ -80,7 +80,7 @@ impl FluxPipeline {
             }
             None => default_scheduler(&c.transformer)?,
         };
-        Ok(Self {
+        let pipe = Self {
             tokenizer: TextTokenizer::load(&c.tokenizer)?,
             tokenizer_2: TextTokenizer::load(&c.tokenizer_2)?,
             text_encoder: ClipTextModel::load(&c.text_encoder, device)?,
@@ -89,7 +89,56 @@ impl FluxPipeline {
             transformer: FluxTransformer::load(&c.transformer, config, device)?,
             scheduler,
             device: device.clone(),
-        })
+        };
+        pipe.check_compatible(c)?;
+        Ok(pipe)
+    }
+
+    /// The components must fit together: packed VAE latents, T5 width and CLIP width are the
+    /// transformer's input widths.
+    fn check_compatible(&self, c: &FluxComponents) -> Result<()> {
+        let t = &self.transformer.config;
+        let latent = self.vae.config.latent_channels;
+        if t.in_channels != 4 * latent {
+            return Err(Error::config(
+                &c.transformer,
+                format!(
+                    "in_channels {} does not fit the VAE at {} ({latent} latent channels, packed 2x2 = {})",
+                    t.in_channels,
+                    c.vae.display(),
+                    4 * latent
+                ),
+            ));
+        }
+        if t.out_channels() != t.in_channels {
+            return Err(Error::config(
+                &c.transformer,
+                "out_channels must equal in_channels for FLUX sampling",
+            ));
+        }
+        let t5 = self.text_encoder_2.config.d_model;
+        if t.joint_attention_dim != t5 {
+            return Err(Error::config(
+                &c.transformer,
+                format!(
+                    "joint_attention_dim {} does not fit the T5 encoder at {} (d_model {t5})",
+                    t.joint_attention_dim,
+                    c.text_encoder_2.display()
+                ),
+            ));
+        }
+        let clip = self.text_encoder.config().hidden_size;
+        if t.pooled_projection_dim != clip {
+            return Err(Error::config(
+                &c.transformer,
+                format!(
+                    "pooled_projection_dim {} does not fit the CLIP text encoder at {} (hidden_size {clip})",
+                    t.pooled_projection_dim,
+                    c.text_encoder.display()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// The VAE's spatial downsampling (8 for FLUX).
