@@ -32,3 +32,40 @@ pub fn image_ids(h2: usize, w2: usize) -> Vec<f32> {
     }
     ids
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::TensorData;
+
+    #[test]
+    fn pack_matches_diffusers_index_map_and_unpack_inverts_it() {
+        let device = dreamforge_core::test_device();
+        let (b, c, h, w) = (2, 3, 4, 6);
+        let data: Vec<f32> = (0..b * c * h * w).map(|i| i as f32).collect();
+        let x: Tensor<4> = Tensor::from_data(TensorData::new(data.clone(), [b, c, h, w]), &device);
+        let p = pack(x.clone());
+        assert_eq!(p.dims(), [b, (h / 2) * (w / 2), 4 * c]);
+        let pd = dreamforge_core::to_host(p.clone()).data;
+        // diffusers: view(B, C, H/2, 2, W/2, 2).permute(0, 2, 4, 1, 3, 5) → token (i, j), feature (c, di, dj)
+        for bi in 0..b {
+            for i in 0..h / 2 {
+                for j in 0..w / 2 {
+                    for ci in 0..c {
+                        for di in 0..2 {
+                            for dj in 0..2 {
+                                let src = ((bi * c + ci) * h + 2 * i + di) * w + 2 * j + dj;
+                                let tok = i * (w / 2) + j;
+                                let feat = ci * 4 + di * 2 + dj;
+                                let dst = (bi * (h / 2) * (w / 2) + tok) * 4 * c + feat;
+                                assert_eq!(pd[dst], data[src]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(dreamforge_core::to_host(unpack(p, h, w)).data, data);
+        assert_eq!(image_ids(2, 3), vec![0., 0., 0., 0., 0., 1., 0., 0., 2., 0., 1., 0., 0., 1., 1., 0., 1., 2.]);
+    }
+}
