@@ -16,12 +16,17 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use safetensors::{Dtype, tensor::TensorView};
 
 use dreamforge::core::{WeightLoader, WeightSet, noise::randn};
-use dreamforge::models::dit::flux::{Rope, double_block::DoubleBlock, rope::flux_rope, single_block::SingleBlock};
+use dreamforge::models::dit::flux::{
+    Rope, double_block::DoubleBlock, rope::flux_rope, single_block::SingleBlock,
+};
 
 const HEAD_DIM: usize = 128;
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn tokens() -> Vec<usize> {
@@ -43,7 +48,16 @@ fn shapes(d: usize) -> Vec<(String, Vec<usize>)> {
     let p = "double";
     lin(format!("{p}.norm1.linear"), d, 6 * d);
     lin(format!("{p}.norm1_context.linear"), d, 6 * d);
-    for n in ["to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj", "to_out.0", "to_add_out"] {
+    for n in [
+        "to_q",
+        "to_k",
+        "to_v",
+        "add_q_proj",
+        "add_k_proj",
+        "add_v_proj",
+        "to_out.0",
+        "to_add_out",
+    ] {
         lin(format!("{p}.attn.{n}"), d, d);
     }
     for ff in ["ff", "ff_context"] {
@@ -71,16 +85,34 @@ fn write_random_weights(path: &Path, d: usize) {
     for (i, (name, shape)) in shapes(d).into_iter().enumerate() {
         let n: usize = shape.iter().product();
         let fan_in = *shape.last().unwrap() as f32;
-        let scale = if shape.len() == 1 { 0.0 } else { 1.0 / fan_in.sqrt() };
+        let scale = if shape.len() == 1 {
+            0.0
+        } else {
+            1.0 / fan_in.sqrt()
+        };
         let data = randn(i as u64, &[n]).data;
         let bytes = data
             .iter()
-            .flat_map(|v| half::bf16::from_f32(if shape.len() == 1 { 1.0 + 0.1 * v } else { v * scale }).to_le_bytes())
+            .flat_map(|v| {
+                half::bf16::from_f32(if shape.len() == 1 {
+                    1.0 + 0.1 * v
+                } else {
+                    v * scale
+                })
+                .to_le_bytes()
+            })
             .collect();
         bufs.push((name, shape, bytes));
     }
-    let views: HashMap<String, TensorView> =
-        bufs.iter().map(|(k, s, b)| (k.clone(), TensorView::new(Dtype::BF16, s.clone(), b).unwrap())).collect();
+    let views: HashMap<String, TensorView> = bufs
+        .iter()
+        .map(|(k, s, b)| {
+            (
+                k.clone(),
+                TensorView::new(Dtype::BF16, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
     safetensors::serialize_to_file(views, None, path).unwrap();
 }
 
@@ -127,7 +159,9 @@ fn benches(c: &mut Criterion) {
     let a: Tensor<2> = Tensor::random([n, n], Distribution::Normal(0.0, 1.0), &device);
     let b: Tensor<2> = Tensor::random([n, n], Distribution::Normal(0.0, 1.0), &device);
     g.throughput(Throughput::Elements((2 * n * n * n) as u64));
-    g.bench_function("f32_2048", |bch| bch.iter(|| black_box(a.clone().matmul(b.clone()).into_data())));
+    g.bench_function("f32_2048", |bch| {
+        bch.iter(|| black_box(a.clone().matmul(b.clone()).into_data()))
+    });
     g.finish();
 
     for l in tokens() {
@@ -147,7 +181,13 @@ fn benches(c: &mut Criterion) {
         });
         g.throughput(Throughput::Elements(single_block_flops(d, l, t) as u64));
         g.bench_function(format!("single_{l}"), |bch| {
-            bch.iter(|| black_box(single.forward(joint.clone(), temb.clone(), &rope).into_data()))
+            bch.iter(|| {
+                black_box(
+                    single
+                        .forward(joint.clone(), temb.clone(), &rope)
+                        .into_data(),
+                )
+            })
         });
         g.finish();
     }

@@ -65,8 +65,27 @@ impl Fixture {
     }
 
     /// A float golden tensor by key.
+    /// A golden tensor by key as f32; integer goldens (token ids, masks) are converted, which is
+    /// exact for ids below 2^24.
     pub fn tensor(&self, key: &str) -> Result<HostTensor, String> {
-        self.golden.read_f32(key).map_err(|e| e.to_string())
+        match self.golden.dtype(key) {
+            Some(d)
+                if !matches!(
+                    d,
+                    safetensors::Dtype::F32
+                        | safetensors::Dtype::F16
+                        | safetensors::Dtype::BF16
+                        | safetensors::Dtype::F64
+                ) =>
+            {
+                let (shape, ids) = self.golden.read_i64(key).map_err(|e| e.to_string())?;
+                Ok(HostTensor::new(
+                    shape,
+                    ids.into_iter().map(|v| v as f32).collect(),
+                ))
+            }
+            _ => self.golden.read_f32(key).map_err(|e| e.to_string()),
+        }
     }
 
     /// A case input by argument name (float).

@@ -11,7 +11,7 @@ use burn::tensor::Device;
 use dreamforge_core::HostTensor;
 use dreamforge_models::text::tokenizer::TextTokenizer;
 
-use super::golden::{Case, Compare, Fixture, Outcome, compare};
+use super::golden::{Fixture, Outcome};
 
 fn to_host(rows: &[Vec<i64>]) -> HostTensor {
     let n = rows.len();
@@ -80,65 +80,9 @@ pub fn run(fx: &Fixture, _device: &Device) -> Result<Vec<Outcome>, String> {
                 ])
             });
         out.push(match r {
-            Ok(computed) => check_ids(fx, i, case, &computed),
+            Ok(computed) => fx.check(i, case, &computed),
             Err(e) => Outcome::case_error(&fx.name, i, e),
         });
     }
     Ok(out)
-}
-
-/// `Fixture::check` for integer goldens (`golden.safetensors` keeps ids as i64, which the float
-/// reader refuses): the same comparison and outcome, the goldens read with `read_i64`.
-fn check_ids(
-    fx: &Fixture,
-    index: usize,
-    case: &Case,
-    computed: &BTreeMap<String, HostTensor>,
-) -> Outcome {
-    let mut worst = Compare {
-        max_abs: 0.0,
-        rel_l2: 0.0,
-    };
-    for (name, key) in &case.outputs {
-        if case
-            .only_outputs
-            .as_ref()
-            .is_some_and(|only| !only.contains(name))
-        {
-            continue;
-        }
-        let Some(got) = computed.get(name) else {
-            return Outcome::case_error(
-                &fx.name,
-                index,
-                format!("output `{name}` was not computed"),
-            );
-        };
-        let (shape, want) = match fx.golden.read_i64(key) {
-            Ok(t) => t,
-            Err(e) => return Outcome::case_error(&fx.name, index, e.to_string()),
-        };
-        if got.shape != shape {
-            return Outcome::case_error(
-                &fx.name,
-                index,
-                format!(
-                    "output `{name}` has shape {:?}, golden {shape:?}",
-                    got.shape
-                ),
-            );
-        }
-        let want: Vec<f32> = want.iter().map(|&v| v as f32).collect();
-        let c = compare(&got.data, &want);
-        worst.max_abs = worst.max_abs.max(c.max_abs);
-        worst.rel_l2 = worst.rel_l2.max(c.rel_l2);
-    }
-    let ok = worst.max_abs <= fx.tolerance.max_abs && worst.rel_l2 <= fx.tolerance.rel_l2;
-    Outcome {
-        fixture: fx.name.clone(),
-        case: Some(index),
-        compare: Some(worst),
-        ok,
-        error: None,
-    }
 }

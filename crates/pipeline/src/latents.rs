@@ -66,6 +66,11 @@ mod tests {
             }
         }
         assert_eq!(dreamforge_core::to_host(unpack(p, h, w)).data, data);
-        assert_eq!(image_ids(2, 3), vec![0., 0., 0., 0., 0., 1., 0., 0., 2., 0., 1., 0., 0., 1., 1., 0., 1., 2.]);
+        assert_eq!(
+            image_ids(2, 3),
+            vec![
+                0., 0., 0., 0., 0., 1., 0., 0., 2., 0., 1., 0., 0., 1., 1., 0., 1., 2.
+            ]
+        );
     }
 }
