@@ -457,3 +457,31 @@ fn models_inspect_reports_family_format_and_components() {
     let o = run(&["models", "inspect", "/nonexistent/model.safetensors"]);
     assert_fails(&o, 1, &["/nonexistent/model.safetensors"]);
 }
+
+#[test]
+fn ctrl_c_stops_between_steps_without_writing_partial_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o");
+    let p = pipeline();
+    let args = sample_args(
+        p.to_str().unwrap(),
+        out.to_str().unwrap(),
+        &["--steps", "100000", "--width", "64", "--height", "64"],
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dreamforge"))
+        .args(&args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let o = child.wait_with_output().unwrap();
+    assert_fails(&o, 130, &["interrupted"]);
+    assert!(png_files(&out).is_empty());
+    let leftovers: Vec<_> = std::fs::read_dir(&out).unwrap().collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
