@@ -77,6 +77,16 @@ pub struct SampleArgs {
 }
 
 pub fn run(a: SampleArgs) -> anyhow::Result<()> {
+    // Ctrl-C sets a flag the sampler checks after every step; a second one exits at once.
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        let _ = ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+        });
+    }
     let spec: DeviceSpec = a.device.parse()?;
     let device = dreamforge_core::select_device(spec)?;
     if a.prompt.trim().is_empty() {
@@ -122,16 +132,6 @@ pub fn run(a: SampleArgs) -> anyhow::Result<()> {
         );
     }
 
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        // A second Ctrl-C while stopping falls through to the default handler.
-        let _ = ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-        });
-    }
     let bar = if a.quiet {
         ProgressBar::hidden()
     } else {

@@ -468,19 +468,31 @@ fn ctrl_c_stops_between_steps_without_writing_partial_files() {
         out.to_str().unwrap(),
         &["--steps", "100000", "--width", "64", "--height", "64"],
     );
+    let args: Vec<&str> = args.into_iter().filter(|a| *a != "--quiet").collect();
     let mut child = Command::new(env!("CARGO_BIN_EXE_dreamforge"))
         .args(&args)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // Wait until the model is loaded (the handler is installed before loading starts).
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut first).unwrap();
+    assert!(first.starts_with("loaded "), "{first}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
     let killed = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
-    let o = child.wait_with_output().unwrap();
-    assert_fails(&o, 130, &["interrupted"]);
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert_eq!(status.code(), Some(130), "{rest}");
+    assert!(
+        rest.lines().any(|l| l.ends_with("error: interrupted")),
+        "{rest}"
+    );
     assert!(png_files(&out).is_empty());
     let leftovers: Vec<_> = std::fs::read_dir(&out).unwrap().collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
