@@ -497,3 +497,32 @@ fn ctrl_c_stops_between_steps_without_writing_partial_files() {
     let leftovers: Vec<_> = std::fs::read_dir(&out).unwrap().collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+#[test]
+fn model_too_large_for_memory_is_refused_before_loading() {
+    // A sparse single file whose header declares 20B BF16 parameters (80 GB in f32).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge-flux.safetensors");
+    let n: u64 = 20_000_000_000;
+    let header = format!(
+        r#"{{"double_blocks.0.img_attn.qkv.weight":{{"dtype":"BF16","shape":[{n}],"data_offsets":[0,{}]}}}}"#,
+        2 * n
+    );
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header.as_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(bytes.len() as u64 + 2 * n)
+        .unwrap();
+    let out = dir.path().join("o");
+    let p = pipeline();
+    let o = run(&sample_args(
+        path.to_str().unwrap(),
+        out.to_str().unwrap(),
+        &["--components", p.to_str().unwrap()],
+    ));
+    assert_fails(&o, 1, &["huge-flux.safetensors", "20.00B parameters", "GiB in f32"]);
+}

@@ -80,6 +80,7 @@ impl FluxPipeline {
             }
             None => default_scheduler(&c.transformer)?,
         };
+        check_weights_fit(c, device)?;
         let pipe = Self {
             tokenizer: TextTokenizer::load(&c.tokenizer)?,
             tokenizer_2: TextTokenizer::load(&c.tokenizer_2)?,
@@ -370,6 +371,32 @@ fn default_scheduler(transformer: &Path) -> Result<FlowMatchConfig> {
         shift: if distilled { 3.0 } else { 1.0 },
         ..Default::default()
     })
+}
+
+/// Refuses, before reading any tensor, a model whose f32 weights cannot fit in memory (a
+/// 12B FLUX.1 needs ~48 GiB in f32), instead of being killed half-way through loading.
+fn check_weights_fit(c: &FluxComponents, device: &Device) -> Result<()> {
+    let Some(avail) = available_memory_bytes(device) else {
+        return Ok(());
+    };
+    let mut params = 0u64;
+    for p in [&c.transformer, &c.vae, &c.text_encoder, &c.text_encoder_2] {
+        let set = WeightSet::open(p)?;
+        for k in set.keys() {
+            params += set.shape(k).map_or(0, |s| s.iter().product::<usize>() as u64);
+        }
+    }
+    let need = params * 4;
+    if need > avail {
+        return Err(Error::InvalidInput(format!(
+            "{}: the model has {:.2}B parameters, about {:.1} GiB in f32, but about {:.1} GiB of memory is available",
+            c.transformer.display(),
+            params as f64 / 1e9,
+            need as f64 / (1u64 << 30) as f64,
+            avail as f64 / (1u64 << 30) as f64
+        )));
+    }
+    Ok(())
 }
 
 /// Memory the device can still give, where it can be known (CPU: `MemAvailable`).
