@@ -524,5 +524,9 @@ fn model_too_large_for_memory_is_refused_before_loading() {
         out.to_str().unwrap(),
         &["--components", p.to_str().unwrap()],
     ));
-    assert_fails(&o, 1, &["huge-flux.safetensors", "20.00B parameters", "GiB in f32"]);
+    assert_fails(
+        &o,
+        1,
+        &["huge-flux.safetensors", "20.00B parameters", "GiB in f32"],
+    );
 }

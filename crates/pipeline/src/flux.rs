@@ -383,7 +383,9 @@ fn check_weights_fit(c: &FluxComponents, device: &Device) -> Result<()> {
     for p in [&c.transformer, &c.vae, &c.text_encoder, &c.text_encoder_2] {
         let set = WeightSet::open(p)?;
         for k in set.keys() {
-            params += set.shape(k).map_or(0, |s| s.iter().product::<usize>() as u64);
+            params += set
+                .shape(k)
+                .map_or(0, |s| s.iter().product::<usize>() as u64);
         }
     }
     let need = params * 4;
