@@ -3,8 +3,6 @@
 //! μ(L), the distilled guidance embedding, optional true CFG with a negative prompt, FlowMatch
 //! Euler, unpack, `z / scaling + shift`, VAE decode.
 
-use std::path::Path;
-
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use dreamforge_core::{Error, HostTensor, Result, WeightSet, noise::randn, to_host};
@@ -71,23 +69,26 @@ impl FluxPipeline {
             .as_deref()
             .map(FluxConfig::from_file)
             .transpose()?;
-        let scheduler = match &c.scheduler_config {
+        let scheduler: Option<FlowMatchConfig> = match &c.scheduler_config {
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
-                serde_json::from_str(&text).map_err(|e| {
+                Some(serde_json::from_str(&text).map_err(|e| {
                     Error::config(p, format!("not a flow-match scheduler config: {e}"))
-                })?
+                })?)
             }
-            None => default_scheduler(&c.transformer)?,
+            None => None,
         };
         check_weights_fit(c, device)?;
+        let transformer = FluxTransformer::load(&c.transformer, config, device)?;
+        let scheduler =
+            scheduler.unwrap_or_else(|| default_scheduler(transformer.config.guidance_embeds));
         let pipe = Self {
             tokenizer: TextTokenizer::load(&c.tokenizer)?,
             tokenizer_2: TextTokenizer::load(&c.tokenizer_2)?,
             text_encoder: ClipTextModel::load(&c.text_encoder, device)?,
             text_encoder_2: T5Encoder::load(&c.text_encoder_2, device)?,
             vae: AutoencoderKL::load(&c.vae, device)?,
-            transformer: FluxTransformer::load(&c.transformer, config, device)?,
+            transformer,
             scheduler,
             device: device.clone(),
         };
@@ -360,17 +361,12 @@ impl FluxPipeline {
 
 /// FLUX.1's scheduler when the model folder has none: dev (guidance-distilled) uses dynamic
 /// shifting, schnell a static shift of 1.
-fn default_scheduler(transformer: &Path) -> Result<FlowMatchConfig> {
-    let set = WeightSet::open(transformer)?;
-    let distilled = set
-        .keys()
-        .iter()
-        .any(|k| k.contains("guidance_in.") || k.contains("guidance_embedder."));
-    Ok(FlowMatchConfig {
+fn default_scheduler(distilled: bool) -> FlowMatchConfig {
+    FlowMatchConfig {
         use_dynamic_shifting: distilled,
         shift: if distilled { 3.0 } else { 1.0 },
         ..Default::default()
-    })
+    }
 }
 
 /// Refuses, before reading any tensor, a model whose f32 weights cannot fit in memory (a
