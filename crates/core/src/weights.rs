@@ -453,20 +453,40 @@ impl WeightSet {
 }
 
 /// Where a model parameter comes from in a file: a whole tensor, a row slice of one (fused
-/// qkv splits), optionally with its two halves swapped (BFL final-layer modulation).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// qkv splits), optionally with its two halves swapped (BFL final-layer modulation) or, for a
+/// 2-D tensor stored as `x @ W` instead of `nn.Linear`'s `[out, in]` (OpenCLIP's
+/// `text_projection`), transposed. Row slicing happens first, then the swap, then the transpose.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct KeySource {
     pub key: String,
     pub rows: Option<(usize, usize)>,
     pub swap_halves: bool,
+    pub transpose: bool,
 }
 
 impl KeySource {
     pub fn whole(key: impl Into<String>) -> Self {
         Self {
             key: key.into(),
-            rows: None,
-            swap_halves: false,
+            ..Self::default()
+        }
+    }
+
+    /// Rows `start .. start + len` of `key` (dim 0).
+    pub fn rows(key: impl Into<String>, start: usize, len: usize) -> Self {
+        Self {
+            key: key.into(),
+            rows: Some((start, len)),
+            ..Self::default()
+        }
+    }
+
+    /// `key` transposed (2-D only).
+    pub fn transposed(key: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            transpose: true,
+            ..Self::default()
         }
     }
 }
@@ -481,6 +501,7 @@ pub struct WeightLoader<'a> {
     prefix: String,
     device: Device,
     used: RefCell<BTreeSet<String>>,
+    ignored: Vec<fn(&str) -> bool>,
 }
 
 impl<'a> WeightLoader<'a> {
@@ -491,7 +512,15 @@ impl<'a> WeightLoader<'a> {
             prefix: String::new(),
             device: device.clone(),
             used: RefCell::new(BTreeSet::new()),
+            ignored: Vec::new(),
         }
+    }
+
+    /// File keys (full names, prefix included) for which `pred` is true are known non-weight
+    /// tensors (noise-schedule tables, `position_ids` buffers, EMA copies): never reported unused.
+    pub fn with_ignored(mut self, pred: fn(&str) -> bool) -> Self {
+        self.ignored.push(pred);
+        self
     }
 
     /// Parameter names are looked up through this map first.
@@ -554,6 +583,17 @@ impl<'a> WeightLoader<'a> {
         if src.swap_halves {
             t = t.swap_halves();
         }
+        if src.transpose {
+            if t.shape.len() != 2 {
+                return Err(Error::ShapeMismatch {
+                    path: self.set.origin.clone(),
+                    key: src.key.clone(),
+                    expected: expected.iter().rev().copied().collect(),
+                    found: t.shape.clone(),
+                });
+            }
+            t = t.transpose2();
+        }
         if t.shape != expected {
             return Err(Error::ShapeMismatch {
                 path: self.set.origin.clone(),
@@ -597,7 +637,11 @@ impl<'a> WeightLoader<'a> {
         self.set
             .keys()
             .into_iter()
-            .filter(|k| k.starts_with(&self.prefix) && !used.contains(*k))
+            .filter(|k| {
+                k.starts_with(&self.prefix)
+                    && !used.contains(*k)
+                    && !self.ignored.iter().any(|f| f(k))
+            })
             .map(str::to_string)
             .collect()
     }

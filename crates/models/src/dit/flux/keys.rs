@@ -12,7 +12,7 @@ fn rows(key: String, start: usize, len: usize) -> KeySource {
     KeySource {
         key,
         rows: Some((start, len)),
-        swap_halves: false,
+        ..KeySource::default()
     }
 }
 
@@ -146,6 +146,7 @@ pub fn bfl_key_map(cfg: &FluxConfig) -> KeyMap {
                 key: format!("final_layer.adaLN_modulation.1.{wb}"),
                 rows: None,
                 swap_halves: true,
+                ..KeySource::default()
             },
         );
     }
