@@ -38,6 +38,7 @@ pub fn run(fx: &Fixture, device: &Device) -> Result<Vec<Outcome>, String> {
                 seed: 0,
                 max_sequence_length: field(case, "max_sequence_length")?,
                 noise: Some(fx.input(case, "latents")?),
+                init: None,
             };
             let mut warnings = Vec::new();
             let (pe, ppe) = pipe

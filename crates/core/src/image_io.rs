@@ -1,7 +1,10 @@
-//! Image output: tensors in [-1, 1] → 8-bit RGB PNGs carrying the generation settings as an
-//! A1111-style `parameters` text chunk and a `dreamforge` JSON chunk. Files are written to a
+//! Image I/O. Output: tensors in [-1, 1] → 8-bit RGB PNGs carrying the generation settings as
+//! an A1111-style `parameters` text chunk and a `dreamforge` JSON chunk. Files are written to a
 //! temporary name in the destination folder and renamed, so a crash or a full disk never
-//! leaves a half-written image under the final name.
+//! leaves a half-written image under the final name. Input: init images and masks (PNG / JPEG,
+//! any bit depth or colour type, converted like PIL's `convert("RGB")` / `convert("L")`),
+//! Lanczos resizing as diffusers' `VaeImageProcessor` does, and the [-1, 1] / {0, 1} tensors
+//! img2img and inpainting take.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -35,6 +38,113 @@ impl RgbImage {
             pixels,
         }
     }
+}
+
+impl RgbImage {
+    /// Reads a PNG or JPEG; alpha is dropped and grey / 16-bit images are converted to 8-bit
+    /// RGB. An unreadable, truncated or unsupported file is a format error naming the file.
+    pub fn read(path: &Path) -> Result<Self> {
+        let img = open_image(path)?.to_rgb8();
+        let (width, height) = img.dimensions();
+        Ok(Self {
+            width,
+            height,
+            pixels: img.into_raw(),
+        })
+    }
+
+    /// Lanczos-3 resize (diffusers resizes with PIL's Lanczos).
+    pub fn resized(&self, width: u32, height: u32) -> Self {
+        if (width, height) == (self.width, self.height) {
+            return self.clone();
+        }
+        let buf = image::RgbImage::from_raw(self.width, self.height, self.pixels.clone())
+            .expect("pixel buffer matches the dimensions");
+        let out =
+            image::imageops::resize(&buf, width, height, image::imageops::FilterType::Lanczos3);
+        Self {
+            width,
+            height,
+            pixels: out.into_raw(),
+        }
+    }
+
+    /// CHW floats in [-1, 1] (`2·(x/255) − 1`, diffusers' `normalize`).
+    pub fn to_chw_signed(&self) -> Vec<f32> {
+        let plane = (self.width * self.height) as usize;
+        let mut out = vec![0f32; 3 * plane];
+        for i in 0..plane {
+            for c in 0..3 {
+                out[c * plane + i] = self.pixels[i * 3 + c] as f32 / 255.0 * 2.0 - 1.0;
+            }
+        }
+        out
+    }
+}
+
+/// An 8-bit single-channel image (an inpainting mask: white = repaint).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrayImage {
+    pub width: u32,
+    pub height: u32,
+    pub pixels: Vec<u8>,
+}
+
+impl GrayImage {
+    /// Reads a PNG or JPEG and converts it to luminance (an RGBA mask's alpha is ignored).
+    pub fn read(path: &Path) -> Result<Self> {
+        let img = open_image(path)?.to_luma8();
+        let (width, height) = img.dimensions();
+        Ok(Self {
+            width,
+            height,
+            pixels: img.into_raw(),
+        })
+    }
+
+    /// Lanczos-3 resize.
+    pub fn resized(&self, width: u32, height: u32) -> Self {
+        if (width, height) == (self.width, self.height) {
+            return self.clone();
+        }
+        let buf = image::GrayImage::from_raw(self.width, self.height, self.pixels.clone())
+            .expect("pixel buffer matches the dimensions");
+        let out =
+            image::imageops::resize(&buf, width, height, image::imageops::FilterType::Lanczos3);
+        Self {
+            width,
+            height,
+            pixels: out.into_raw(),
+        }
+    }
+
+    /// `[H·W]` in {0, 1}: diffusers' mask processor binarizes `x/255 ≥ 0.5` to 1.
+    pub fn to_binary_mask(&self) -> Vec<f32> {
+        self.pixels
+            .iter()
+            .map(|&p| if p as f32 / 255.0 >= 0.5 { 1.0 } else { 0.0 })
+            .collect()
+    }
+}
+
+fn open_image(path: &Path) -> Result<image::DynamicImage> {
+    let reader = image::ImageReader::open(path)
+        .map_err(|e| Error::io(path, e))?
+        .with_guessed_format()
+        .map_err(|e| Error::io(path, e))?;
+    if reader.format().is_none() {
+        return Err(Error::format(
+            path,
+            "not a readable image (PNG or JPEG expected)",
+        ));
+    }
+    let img = reader
+        .decode()
+        .map_err(|e| Error::format(path, format!("not a readable image: {e}")))?;
+    if img.width() == 0 || img.height() == 0 {
+        return Err(Error::format(path, "the image is empty (0 pixels)"));
+    }
+    Ok(img)
 }
 
 /// Writes bytes to `path` atomically (temp file in the same folder, fsync, rename).
@@ -123,6 +233,40 @@ pub fn read_png_text(path: &Path) -> Result<Vec<(String, String)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_grey_and_rgba_pngs_and_rejects_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let grey = dir.path().join("g.png");
+        image::GrayImage::from_raw(2, 1, vec![0, 200])
+            .unwrap()
+            .save(&grey)
+            .unwrap();
+        let rgb = RgbImage::read(&grey).unwrap();
+        assert_eq!((rgb.width, rgb.height), (2, 1));
+        assert_eq!(rgb.pixels, vec![0, 0, 0, 200, 200, 200]);
+        let chw = rgb.to_chw_signed();
+        assert_eq!(chw[0], -1.0);
+        assert!((chw[1] - (200.0 / 255.0 * 2.0 - 1.0)).abs() < 1e-7);
+        let m = GrayImage::read(&grey).unwrap();
+        assert_eq!(m.to_binary_mask(), vec![0.0, 1.0]);
+
+        let rgba = dir.path().join("a.png");
+        image::RgbaImage::from_raw(1, 1, vec![10, 20, 30, 0])
+            .unwrap()
+            .save(&rgba)
+            .unwrap();
+        assert_eq!(RgbImage::read(&rgba).unwrap().pixels, vec![10, 20, 30]);
+
+        let bad = dir.path().join("bad.png");
+        std::fs::write(&bad, b"\x89PNG\r\n\x1a\ntruncated").unwrap();
+        let e = RgbImage::read(&bad).unwrap_err().to_string();
+        assert!(e.contains("bad.png") && e.contains("not a readable image"), "{e}");
+        let missing = dir.path().join("missing.png");
+        assert!(RgbImage::read(&missing).unwrap_err().to_string().contains("missing.png"));
+        let resized = rgb.resized(4, 2);
+        assert_eq!((resized.width, resized.height, resized.pixels.len()), (4, 2, 24));
+    }
 
     #[test]
     fn png_roundtrip_keeps_text_chunks() {

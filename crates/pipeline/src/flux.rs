@@ -17,6 +17,7 @@ use dreamforge_sampling::{
 };
 
 use crate::components::FluxComponents;
+use crate::conditioning::{InitImage, nearest_resize};
 use crate::latents::{image_ids, pack, unpack};
 
 /// CLIP's context length in every FLUX release.
@@ -41,6 +42,8 @@ pub struct FluxRequest {
     pub max_sequence_length: usize,
     /// Initial latents instead of seeded noise: packed `[B, L, C]` or unpacked `[B, C, H, W]`.
     pub noise: Option<HostTensor>,
+    /// img2img (`FluxImg2ImgPipeline`) / inpainting (`FluxInpaintPipeline`) input.
+    pub init: Option<InitImage>,
 }
 
 /// A generation's result: images in [-1, 1], `[B, 3, H, W]`, and warnings (e.g. truncation).
@@ -167,6 +170,15 @@ impl FluxPipeline {
         if r.num_images == 0 {
             return Err(Error::InvalidInput("num-images must be at least 1".into()));
         }
+        if let Some(init) = &r.init {
+            crate::conditioning::check_strength(init.strength)?;
+            if init.image.shape != [1, 3, r.height, r.width] {
+                return Err(Error::InvalidInput(format!(
+                    "the init image tensor has shape {:?}, expected [1, 3, {}, {}]",
+                    init.image.shape, r.height, r.width
+                )));
+            }
+        }
         if r.max_sequence_length == 0 {
             return Err(Error::InvalidInput(
                 "max-sequence-length must be at least 1".into(),
@@ -271,11 +283,19 @@ impl FluxPipeline {
         }
     }
 
+    /// Packed image latents `[B, L, 4C]` of an init image: `(mean − shift) · scaling` (the
+    /// posterior mean; diffusers samples the posterior with its generator, a difference far
+    /// below the noise added on top).
+    fn image_latents(&self, init: &InitImage, b: usize) -> Tensor<3> {
+        let (mean, _) = self.vae.encode(init.image.clone().to_device(&self.device));
+        pack(self.vae.scale_latents(mean)).repeat_dim(0, b)
+    }
+
     /// Runs one request. `on_step` returning `false` cancels (then `Ok(None)`).
     pub fn generate(
         &self,
         r: &FluxRequest,
-        on_step: impl FnMut(StepInfo) -> bool,
+        mut on_step: impl FnMut(StepInfo) -> bool,
     ) -> Result<Option<FluxOutput>> {
         self.validate(r)?;
         let mut warnings = Vec::new();
@@ -297,8 +317,8 @@ impl FluxPipeline {
             }
             _ => None,
         };
-        let latents = self.initial_latents(r, c, h, w)?;
-        let l = latents.dims()[1];
+        let noise = self.initial_latents(r, c, h, w)?;
+        let l = noise.dims()[1];
         let t_len = states.dims()[1];
         let rope = self.transformer.rope(
             &vec![0.0; t_len * 3],
@@ -317,6 +337,29 @@ impl FluxPipeline {
             mu,
         )
         .map_err(|e| Error::InvalidInput(format!("scheduler: {e}")))?;
+        // img2img / inpainting: FluxImg2ImgPipeline.get_timesteps starts at
+        // int(max(N − N·strength, 0)) and noises the image latents to that σ.
+        let (start, image_latents, mask) = match &r.init {
+            Some(init) => {
+                let n = r.steps as f32;
+                let start = (n - n * init.strength).max(0.0) as usize;
+                let x0 = self.image_latents(init, b);
+                let mask = init.mask.as_ref().map(|m| {
+                    let m = nearest_resize(m, h, w).to_device::<4>(&self.device);
+                    pack(m.repeat_dim(1, c)).repeat_dim(0, b)
+                });
+                (start, Some(x0), mask)
+            }
+            None => (0, None, None),
+        };
+        let sigmas = &schedule.sigmas[start..];
+        let latents = match &image_latents {
+            Some(x0) => {
+                let s = sigmas[0];
+                noise.clone() * s + x0.clone() * (1.0 - s)
+            }
+            None => noise.clone(),
+        };
         let guidance = self
             .transformer
             .config
@@ -325,7 +368,7 @@ impl FluxPipeline {
 
         let denoise = |x: Tensor<3>, _sigma: f32, i: usize| -> Result<Tensor<3>> {
             // diffusers passes `t / 1000` with t = 1000·σ rounded to f32.
-            let t = vec![schedule.timesteps[i] / 1000.0; b];
+            let t = vec![schedule.timesteps[start + i] / 1000.0; b];
             let run = |s: &Tensor<3>, p: &Tensor<2>| {
                 self.transformer.forward(
                     FluxInputs {
@@ -347,7 +390,22 @@ impl FluxPipeline {
                 None => Ok(v),
             }
         };
-        let Some(latents) = sample_euler(latents, &schedule.sigmas, denoise, on_step)? else {
+        // FluxInpaintPipeline: after each step the known region is replaced by the image
+        // latents noised to the next σ (clean after the last step).
+        let step = |info: StepInfo, x: Tensor<3>| -> Option<Tensor<3>> {
+            if !on_step(info) {
+                return None;
+            }
+            match (&mask, &image_latents) {
+                (Some(m), Some(x0)) => {
+                    let s = info.sigma;
+                    let proper = noise.clone() * s + x0.clone() * (1.0 - s);
+                    Some(proper * (m.clone().neg() + 1.0) + x * m.clone())
+                }
+                _ => Some(x),
+            }
+        };
+        let Some(latents) = sample_euler(latents, sigmas, denoise, step)? else {
             return Ok(None);
         };
         let z = self.vae.unscale_latents(unpack(latents, h, w));

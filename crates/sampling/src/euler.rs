@@ -26,23 +26,27 @@ pub struct StepInfo {
 }
 
 /// Runs the sampler over `sigmas` (N+1 values ending at the terminal σ). `denoise(x, σ, i)`
-/// returns the velocity. Returns `None` when the callback cancelled.
+/// returns the velocity. After every step `on_step(info, x)` gets the new sample and returns
+/// the sample to continue with (changed e.g. by inpainting's latent blending) or `None` to
+/// cancel, in which case the loop returns `Ok(None)`.
 pub fn sample_euler<const D: usize, E>(
     mut x: Tensor<D>,
     sigmas: &[f32],
     mut denoise: impl FnMut(Tensor<D>, f32, usize) -> Result<Tensor<D>, E>,
-    mut on_step: impl FnMut(StepInfo) -> bool,
+    mut on_step: impl FnMut(StepInfo, Tensor<D>) -> Option<Tensor<D>>,
 ) -> Result<Option<Tensor<D>>, E> {
     let total = sigmas.len().saturating_sub(1);
     for i in 0..total {
         let v = denoise(x.clone(), sigmas[i], i)?;
         x = euler_step(x, v, sigmas[i], sigmas[i + 1]);
-        if !on_step(StepInfo {
+        let info = StepInfo {
             step: i + 1,
             total,
             sigma: sigmas[i + 1],
-        }) {
-            return Ok(None);
+        };
+        match on_step(info, x) {
+            Some(next) => x = next,
+            None => return Ok(None),
         }
     }
     Ok(Some(x))
