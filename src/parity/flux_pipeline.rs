@@ -1,13 +1,16 @@
 //! `flux_pipeline` fixtures: the whole FLUX text-to-image path (tokenizers, CLIP, T5, packing,
 //! ids, μ-shifted sigmas, guidance, true CFG, Euler, VAE scaling and decode) against diffusers
-//! `FluxPipeline` run from the same packed latents.
+//! `FluxPipeline` run from the same packed latents; `mode` img2img / inpaint cases against
+//! `FluxImg2ImgPipeline` / `FluxInpaintPipeline` from the same noise and init PNGs.
 
 use std::collections::BTreeMap;
 
 use burn::tensor::Device;
 
 use dreamforge_core::{HostTensor, to_host};
-use dreamforge_pipeline::{ComponentOverrides, FluxComponents, FluxPipeline, FluxRequest};
+use dreamforge_pipeline::{
+    ComponentOverrides, FluxComponents, FluxPipeline, FluxRequest, InitImage,
+};
 
 use super::golden::{Case, Fixture, Outcome};
 
@@ -26,6 +29,28 @@ pub fn run(fx: &Fixture, device: &Device) -> Result<Vec<Outcome>, String> {
     let mut out = Vec::new();
     for (i, case) in fx.cases.iter().enumerate() {
         let r = (|| -> Result<BTreeMap<String, HostTensor>, String> {
+            let mode = case
+                .extra
+                .get("mode")
+                .and_then(|m| m.as_str())
+                .unwrap_or("txt2img");
+            let (noise, init) = if mode == "txt2img" {
+                (fx.input(case, "latents")?, None)
+            } else {
+                let image: String = field(case, "init_image")?;
+                let mask: Option<String> = field(case, "mask_image")?;
+                let mut notes = Vec::new();
+                let init = InitImage::load(
+                    &fx.dir.join(image),
+                    mask.map(|m| fx.dir.join(m)).as_deref(),
+                    field(case, "strength")?,
+                    field(case, "width")?,
+                    field(case, "height")?,
+                    &mut notes,
+                )
+                .map_err(|e| e.to_string())?;
+                (fx.input(case, "noise")?, Some(init))
+            };
             let req = FluxRequest {
                 prompt: field(case, "prompt")?,
                 negative_prompt: field(case, "negative_prompt")?,
@@ -37,8 +62,8 @@ pub fn run(fx: &Fixture, device: &Device) -> Result<Vec<Outcome>, String> {
                 num_images: field(case, "num_images")?,
                 seed: 0,
                 max_sequence_length: field(case, "max_sequence_length")?,
-                noise: Some(fx.input(case, "latents")?),
-                init: None,
+                noise: Some(noise),
+                init,
             };
             let mut warnings = Vec::new();
             let (pe, ppe) = pipe

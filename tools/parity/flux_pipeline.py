@@ -5,17 +5,23 @@ decoded image pins packing, ids, μ-shift, guidance, true CFG, VAE scaling and t
 
 kind `flux_pipeline`: golden.json carries the call arguments per case; inputs `latents`
 (packed [B, L, C]); outputs `image` ([B, 3, H, W] in [0, 1], output_type="pt"),
-`prompt_embeds`, `pooled_prompt_embeds`.
+`prompt_embeds`, `pooled_prompt_embeds`. Cases with `mode` img2img / inpaint run
+`FluxImg2ImgPipeline` / `FluxInpaintPipeline` on the same components with `strength`, the PNGs
+`init_image` / `mask_image` from the folder, and input `noise` (unpacked [B, C, h, w]): the
+noise the pipeline would draw, injected by replacing the module's `randn_tensor`, while
+`retrieve_latents` returns the posterior mean instead of a generator sample.
 """
 
 import json
 
 import torch
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxImg2ImgPipeline, FluxInpaintPipeline,
+                       FluxPipeline, FluxTransformer2DModel)
+from diffusers.pipelines.flux import pipeline_flux_img2img, pipeline_flux_inpaint
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers, decoders
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5TokenizerFast
 
-from common import fresh_dir, perturb, round_to, sanitize_config_file, seeded, write_golden
+from common import OUT, fresh_dir, perturb, round_to, sanitize_config_file, seeded, write_golden
 
 CORPUS = [
     "a photo of a cat", "a red circle on a blue background", "a small yellow star and a green square",
@@ -85,10 +91,13 @@ def tiny_t5_tokenizer():
     return T5TokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0)
 
 
-def build(d):
+def build(d, t5_tokenizer_json=None):
     torch.manual_seed(0)
     clip_tok, clip_vocab = tiny_clip_tokenizer(d)
     t5_tok = tiny_t5_tokenizer()
+    if t5_tokenizer_json is not None:
+        t5_tok = T5TokenizerFast(tokenizer_object=Tokenizer.from_str(t5_tokenizer_json), pad_token="<pad>",
+                                 eos_token="</s>", unk_token="<unk>", extra_ids=0)
     clip = CLIPTextModel(CLIPTextConfig(
         vocab_size=clip_vocab, hidden_size=24, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
         max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=24,
@@ -134,8 +143,12 @@ def build(d):
 
 @torch.no_grad()
 def generate():
+    # The Unigram trainer is not deterministic (hash-map order breaks score ties), so a committed
+    # T5 tokenizer is kept as a pinned asset and reused; it is trained only when absent.
+    pinned = OUT / "flux_pipeline_tiny" / "tokenizer_2" / "tokenizer.json"
+    pinned_json = pinned.read_text() if pinned.exists() else None
     d = fresh_dir("flux_pipeline_tiny")
-    pipe = build(d)
+    pipe = build(d, pinned_json)
     specs = [
         dict(prompt="a photo of a cat", num_images=1, guidance_scale=3.5, true_cfg_scale=1.0, negative_prompt=None,
              height=32, width=32),
@@ -166,7 +179,44 @@ def generate():
             "guidance_scale": s["guidance_scale"], "num_inference_steps": 3, "height": s["height"],
             "width": s["width"], "num_images": b, "max_sequence_length": 16,
         })
-    write_golden(d, "flux_pipeline", tensors, cases, {"max_abs": 1e-4, "rel_l2": 1e-5})
+    tensors2, cases2 = image_cases(d, pipe, len(cases))
+    tensors.update(tensors2)
+    write_golden(d, "flux_pipeline", tensors, cases + cases2, {"max_abs": 1e-4, "rel_l2": 1e-5})
+
+
+@torch.no_grad()
+def image_cases(d, pipe, first):
+    from sd_pipeline import Injected, write_images
+    init, mask = write_images(d)
+    specs = [
+        dict(mode="img2img", prompt="oil painting of mountains at sunset", strength=0.6, guidance_scale=3.5,
+             num_inference_steps=4),
+        dict(mode="inpaint", prompt="a small yellow star and a green square", strength=0.8, guidance_scale=2.0,
+             num_inference_steps=3),
+        dict(mode="inpaint", prompt="a photo of a cat", strength=1.0, guidance_scale=3.0, num_inference_steps=3),
+    ]
+    tensors, cases = {}, []
+    for j, s in enumerate(specs):
+        i = first + j
+        noise = seeded((1, 16, 16, 16), 400 + i)
+        if s["mode"] == "img2img":
+            p, module, extra = FluxImg2ImgPipeline(**pipe.components), pipeline_flux_img2img, {}
+        else:
+            p, module, extra = FluxInpaintPipeline(**pipe.components), pipeline_flux_inpaint, {"mask_image": mask}
+        with Injected(module, noise):
+            image = p(prompt=s["prompt"], image=init, strength=s["strength"], height=32, width=32,
+                      num_inference_steps=s["num_inference_steps"], guidance_scale=s["guidance_scale"],
+                      max_sequence_length=16, output_type="pt", **extra).images
+        tensors[f"case{i}.noise"] = noise
+        tensors[f"case{i}.image"] = image
+        cases.append({
+            "inputs": {"noise": f"case{i}.noise"}, "outputs": {"image": f"case{i}.image"},
+            "mode": s["mode"], "prompt": s["prompt"], "negative_prompt": None, "true_cfg_scale": 1.0,
+            "guidance_scale": s["guidance_scale"], "num_inference_steps": s["num_inference_steps"], "height": 32,
+            "width": 32, "num_images": 1, "max_sequence_length": 16, "strength": s["strength"],
+            "init_image": "init.png", "mask_image": "mask.png" if s["mode"] == "inpaint" else None,
+        })
+    return tensors, cases
 
 
 if __name__ == "__main__":
