@@ -8,8 +8,11 @@ mod flux;
 mod flux_pipeline;
 mod golden;
 mod scheduler;
+mod single_file;
+mod sd_pipeline;
 mod t5;
 mod tokenizer;
+mod unet;
 mod vae;
 
 use std::path::{Path, PathBuf};
@@ -67,10 +70,13 @@ pub fn run_fixture(dir: &Path, device: &Device) -> Vec<Outcome> {
         "flux_transformer" => flux::run(&fixture, device),
         "flux_pipeline" => flux_pipeline::run(&fixture, device),
         "scheduler" => scheduler::run(&fixture),
+        "sd_single_file" => single_file::run(&fixture, device),
+        "sd_pipeline" => sd_pipeline::run(&fixture, device),
         "autoencoder_kl" => vae::run(&fixture, device),
         "clip_text_model" | "clip_text_model_with_projection" => clip::run(&fixture, device),
         "t5_encoder" => t5::run(&fixture, device),
         "tokenizer" => tokenizer::run(&fixture, device),
+        "unet_2d_condition" => unet::run(&fixture, device),
         other => Err(format!("unknown fixture kind `{other}`")),
     };
     match result {

@@ -136,6 +136,23 @@ class Injected:
         self.module.randn_tensor, self.module.retrieve_latents = self.saved
 
 
+def clip_skipped_embeds(pipe, prompt, negative, k):
+    """diffusers applies `clip_skip` to the positive prompt only (the negative path always takes
+    the last / penultimate layer: huggingface/diffusers PRs #13796, #13973, closed unmerged).
+    A1111, ComfyUI and sd-scripts skip the same layers for both, so dreamforge does too; the
+    fixture therefore encodes both texts through diffusers' own positive path with the same
+    `clip_skip` and passes the embeddings in."""
+    kw = dict(device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False, clip_skip=k)
+    if isinstance(pipe, StableDiffusionXLPipeline):
+        pe, _, ppe, _ = pipe.encode_prompt(prompt, **kw)
+        ne, _, npe, _ = pipe.encode_prompt(negative, **kw)
+        return dict(prompt=None, negative_prompt=None, prompt_embeds=pe, negative_prompt_embeds=ne,
+                    pooled_prompt_embeds=ppe, negative_pooled_prompt_embeds=npe, clip_skip=None)
+    pe, _ = pipe.encode_prompt(prompt, **kw)
+    ne, _ = pipe.encode_prompt(negative, **kw)
+    return dict(prompt=None, negative_prompt=None, prompt_embeds=pe, negative_prompt_embeds=ne, clip_skip=None)
+
+
 @torch.no_grad()
 def run_cases(d, pipes, specs, default_scheduler_cfg):
     tensors, cases = {}, []
@@ -151,6 +168,8 @@ def run_cases(d, pipes, specs, default_scheduler_cfg):
                       num_inference_steps=3, guidance_scale=s["guidance_scale"],
                       guidance_rescale=s.get("guidance_rescale", 0.0), clip_skip=s.get("clip_skip"),
                       output_type="pt")
+        if s.get("clip_skip") is not None:
+            kwargs.update(clip_skipped_embeds(pipe, s["prompt"], s.get("negative_prompt") or "", s["clip_skip"]))
         if mode == "txt2img":
             kwargs.update(height=s["height"], width=s["width"], latents=x.clone())
             image = pipe(**kwargs).images

@@ -1,6 +1,11 @@
-//! `dreamforge sample`: text-to-image with a FLUX.1-family model, an indicatif progress bar,
-//! PNGs with the settings embedded (A1111 `parameters` chunk + `dreamforge` JSON chunk),
-//! written atomically; Ctrl-C stops between steps without writing partial files.
+//! `dreamforge sample`: text-to-image, img2img and inpainting with a FLUX.1-family or
+//! Stable Diffusion (1.x / 2.x / XL) model — the family is detected from the model path —
+//! with an indicatif progress bar and PNGs carrying the settings (A1111 `parameters` chunk +
+//! `dreamforge` JSON chunk), written atomically; Ctrl-C stops between steps without writing
+//! partial files.
+
+mod flux;
+mod sd;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,51 +16,80 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use dreamforge_core::image_io::{RgbImage, save_png};
-use dreamforge_core::{DeviceSpec, Error, WeightSet};
-use dreamforge_pipeline::{ComponentOverrides, FluxComponents, FluxPipeline, FluxRequest};
+use dreamforge_core::{DeviceSpec, Error, HostTensor, WeightSet};
+use dreamforge_pipeline::{ComponentOverrides, ModelFamily, detect_family};
 
 #[derive(Args)]
 pub struct SampleArgs {
-    /// Model: a diffusers FLUX pipeline folder, or a single-file transformer (BFL or diffusers keys).
+    /// Model: a diffusers pipeline folder (FLUX.1, SD 1.x/2.x, SDXL), a single-file SD/SDXL
+    /// checkpoint, or a single-file FLUX transformer (BFL or diffusers keys).
     #[arg(long)]
     pub model: PathBuf,
     /// Prompt text.
     #[arg(long)]
     pub prompt: String,
-    /// Negative prompt (used with --true-cfg > 1).
+    /// Negative prompt (SD: used with --guidance > 1; FLUX: with --true-cfg > 1).
     #[arg(long)]
     pub negative_prompt: Option<String>,
-    /// True classifier-free guidance scale (runs a second, negative pass when > 1).
+    /// FLUX: true classifier-free guidance scale (runs a second, negative pass when > 1).
     #[arg(long, default_value_t = 1.0)]
     pub true_cfg: f32,
-    /// Denoising steps [default: 28 for guidance-distilled models, 4 otherwise].
+    /// Denoising steps [default: FLUX 28 (guidance-distilled) or 4; SD 30].
     #[arg(long)]
     pub steps: Option<usize>,
-    /// Distilled guidance value (FLUX.1-dev's guidance embedding).
-    #[arg(long, default_value_t = 3.5)]
-    pub guidance: f32,
+    /// Guidance: SD classifier-free guidance scale [default 7.5, SDXL 5]; FLUX.1-dev's
+    /// distilled guidance value [default 3.5].
+    #[arg(long)]
+    pub guidance: Option<f32>,
+    /// SD: guidance rescale φ in [0, 1] (for zero-terminal-SNR / v-prediction models).
+    #[arg(long, default_value_t = 0.0)]
+    pub guidance_rescale: f32,
+    /// SD: skip the last N text-encoder layers (diffusers `clip_skip`; 1 = A1111 "clip skip 2").
+    #[arg(long)]
+    pub clip_skip: Option<usize>,
+    /// SD sampler [default: the model's scheduler]: ddim, euler, euler-a, dpmpp-2m, dpmpp-2m-karras.
+    #[arg(long)]
+    pub sampler: Option<String>,
+    /// SD: DDIM η (0 = deterministic).
+    #[arg(long, default_value_t = 0.0)]
+    pub eta: f32,
+    /// SD: override the scheduler's prediction type (epsilon, v_prediction, sample).
+    #[arg(long)]
+    pub prediction_type: Option<String>,
     /// Seed; image i uses seed + i [default: random, recorded in the PNG].
     #[arg(long)]
     pub seed: Option<u64>,
-    #[arg(long, default_value_t = 1024)]
-    pub width: usize,
-    #[arg(long, default_value_t = 1024)]
-    pub height: usize,
+    /// Width [default: the init image's, else FLUX 1024, SD the UNet's sample size × 8].
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Height [default: as --width].
+    #[arg(long)]
+    pub height: Option<usize>,
     #[arg(long, default_value_t = 1)]
     pub num_images: usize,
+    /// img2img / inpainting: the starting image (PNG or JPEG; resized to the output size).
+    #[arg(long)]
+    pub init_image: Option<PathBuf>,
+    /// How much of the schedule runs from the init image, in (0, 1] [default 0.75; 1 with --mask].
+    #[arg(long)]
+    pub strength: Option<f32>,
+    /// Inpainting mask (same size as --init-image): white = repaint, black = keep.
+    #[arg(long)]
+    pub mask: Option<PathBuf>,
     /// Output folder (created if missing).
     #[arg(long, default_value = "out")]
     pub out: PathBuf,
-    /// Initial latents from a safetensors file holding one tensor (packed [B,L,C] or [B,C,H,W]).
+    /// Initial latents from a safetensors file holding one tensor (FLUX: packed [B,L,C] or
+    /// [B,C,H,W]; SD: [B,C,H,W], before the sampler's initial scaling).
     #[arg(long)]
     pub noise: Option<PathBuf>,
-    /// T5 context length [default: 512 for guidance-distilled models, 256 otherwise].
+    /// FLUX: T5 context length [default: 512 for guidance-distilled models, 256 otherwise].
     #[arg(long)]
     pub max_sequence_length: Option<usize>,
     /// Device: cpu, wgpu[:N] or cuda[:N] (among those compiled in).
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// A diffusers folder supplying the components a single-file transformer lacks.
+    /// A diffusers folder supplying the components a single file lacks (tokenizers, VAE, ...).
     #[arg(long)]
     pub components: Option<PathBuf>,
     #[arg(long)]
@@ -68,12 +102,56 @@ pub struct SampleArgs {
     pub tokenizer: Option<PathBuf>,
     #[arg(long)]
     pub tokenizer_2: Option<PathBuf>,
-    /// Transformer config.json where the weights cannot tell (e.g. RoPE axes).
+    /// Denoiser config.json where the weights cannot tell (FLUX RoPE axes, SD head counts).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Hide the progress bar.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// What a family's run hands back for writing.
+pub(crate) struct Rendered {
+    /// `[B, 3, H, W]` in [-1, 1].
+    pub images: HostTensor,
+    pub warnings: Vec<String>,
+    /// A1111 `parameters` text for image i (given its seed).
+    pub parameters: Box<dyn Fn(u64) -> String>,
+    /// The `dreamforge` JSON chunk for image i (given its seed).
+    pub json: Box<dyn Fn(u64) -> serde_json::Value>,
+    pub steps: usize,
+}
+
+/// State shared by both families' runs.
+pub(crate) struct Ctx {
+    pub device: burn::tensor::Device,
+    pub spec: DeviceSpec,
+    pub seed: u64,
+    pub noise: Option<HostTensor>,
+    pub stop: Arc<AtomicBool>,
+    pub overrides: ComponentOverrides,
+}
+
+impl Ctx {
+    pub fn bar(&self, quiet: bool, steps: usize) -> ProgressBar {
+        let bar = if quiet {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new(steps as u64)
+        };
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{bar:30}] {pos}/{len} steps  {per_sec}  ETA {eta}  {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar
+    }
+
+    pub fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
 }
 
 pub fn run(a: SampleArgs) -> anyhow::Result<()> {
@@ -92,8 +170,28 @@ pub fn run(a: SampleArgs) -> anyhow::Result<()> {
     if a.prompt.trim().is_empty() {
         return Err(Error::InvalidInput("--prompt is empty".into()).into());
     }
+    if a.mask.is_some() && a.init_image.is_none() {
+        return Err(Error::InvalidInput("--mask needs an --init-image".into()).into());
+    }
+    if let Some(s) = a.strength {
+        if a.init_image.is_none() {
+            return Err(Error::InvalidInput("--strength needs an --init-image".into()).into());
+        }
+        dreamforge_pipeline::conditioning::check_strength(s)?;
+    }
     check_output_dir(&a.out)?;
     let noise = a.noise.as_deref().map(read_noise).transpose()?;
+    // Read the init image and mask once now, so a bad file fails before the model loads.
+    let init_size = match &a.init_image {
+        Some(p) => {
+            let img = RgbImage::read(p)?;
+            if let Some(m) = &a.mask {
+                dreamforge_core::image_io::GrayImage::read(m)?;
+            }
+            Some((img.width as usize, img.height as usize))
+        }
+        None => None,
+    };
     let overrides = ComponentOverrides {
         components: a.components.clone(),
         vae: a.vae.clone(),
@@ -103,92 +201,38 @@ pub fn run(a: SampleArgs) -> anyhow::Result<()> {
         tokenizer_2: a.tokenizer_2.clone(),
         config: a.config.clone(),
     };
-    let comps = FluxComponents::resolve(&a.model, &overrides)?;
-    let t0 = Instant::now();
-    let pipe = FluxPipeline::load(&comps, &device)?;
-    let distilled = pipe.transformer.config.guidance_embeds;
-    let seed = a.seed.unwrap_or_else(rand_seed);
-    let req = FluxRequest {
-        prompt: a.prompt.clone(),
-        negative_prompt: a.negative_prompt.clone(),
-        true_cfg_scale: a.true_cfg,
-        guidance: a.guidance,
-        steps: a.steps.unwrap_or(if distilled { 28 } else { 4 }),
-        width: a.width,
-        height: a.height,
-        num_images: a.num_images,
-        seed,
-        max_sequence_length: a
-            .max_sequence_length
-            .unwrap_or(if distilled { 512 } else { 256 }),
+    let ctx = Ctx {
+        device,
+        spec,
+        seed: a.seed.unwrap_or_else(rand_seed),
         noise,
+        stop,
+        overrides,
     };
-    pipe.validate(&req)?;
-    if !a.quiet {
-        eprintln!(
-            "loaded {} on {spec} in {:.1}s",
-            a.model.display(),
-            t0.elapsed().as_secs_f32()
-        );
-    }
-
-    let bar = if a.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(req.steps as u64)
+    let family = detect_family(&a.model)?;
+    let t0 = Instant::now();
+    let rendered = match family {
+        ModelFamily::Flux => flux::run(&a, &ctx, init_size, t0)?,
+        ModelFamily::Sd(source) => sd::run(&a, &ctx, source, init_size, t0)?,
     };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{bar:30}] {pos}/{len} steps  {per_sec}  ETA {eta}  {msg}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    let t1 = Instant::now();
-    let out = pipe.generate(&req, |info| {
-        bar.set_position(info.step as u64);
-        bar.set_message(format!("σ={:.3}", info.sigma));
-        !stop.load(Ordering::SeqCst)
-    })?;
-    bar.finish_and_clear();
-    let Some(out) = out else {
+    let Some(r) = rendered else {
         return Err(Error::Interrupted.into());
     };
-    for w in &out.warnings {
+    for w in &r.warnings {
         eprintln!("warning: {w}");
     }
     let [b, _, h, w] = [
-        out.images.shape[0],
-        out.images.shape[1],
-        out.images.shape[2],
-        out.images.shape[3],
+        r.images.shape[0],
+        r.images.shape[1],
+        r.images.shape[2],
+        r.images.shape[3],
     ];
     let plane = 3 * h * w;
-    let model_name = a
-        .model
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
     for i in 0..b {
-        let img = RgbImage::from_chw_signed(&out.images.data[i * plane..(i + 1) * plane], h, w);
-        let image_seed = seed + i as u64;
-        let params = a1111_parameters(&req, image_seed, &model_name, distilled);
-        let json = serde_json::json!({
-            "prompt": req.prompt,
-            "negative_prompt": req.negative_prompt,
-            "true_cfg_scale": req.true_cfg_scale,
-            "guidance": if distilled { Some(req.guidance) } else { None },
-            "steps": req.steps,
-            "sampler": "flow_match_euler",
-            "seed": image_seed,
-            "width": req.width,
-            "height": req.height,
-            "max_sequence_length": req.max_sequence_length,
-            "noise_file": a.noise.as_ref().map(|p| p.display().to_string()),
-            "model": a.model.display().to_string(),
-            "device": spec.to_string(),
-            "dreamforge_version": env!("CARGO_PKG_VERSION"),
-        });
+        let img = RgbImage::from_chw_signed(&r.images.data[i * plane..(i + 1) * plane], h, w);
+        let image_seed = ctx.seed + i as u64;
+        let params = (r.parameters)(image_seed);
+        let json = (r.json)(image_seed);
         let path = next_free_path(&a.out, image_seed);
         save_png(
             &path,
@@ -198,35 +242,32 @@ pub fn run(a: SampleArgs) -> anyhow::Result<()> {
         println!("{}", path.display());
     }
     if !a.quiet {
-        let secs = t1.elapsed().as_secs_f32();
-        eprintln!(
-            "{} image(s), {} steps in {:.1}s ({:.2} it/s)",
-            b,
-            req.steps,
-            secs,
-            req.steps as f32 / secs
-        );
+        let secs = t0.elapsed().as_secs_f32();
+        eprintln!("{b} image(s), {} steps, {secs:.1}s in all", r.steps);
     }
     Ok(())
 }
 
-fn a1111_parameters(r: &FluxRequest, seed: u64, model: &str, distilled: bool) -> String {
-    let mut s = r.prompt.clone();
-    if let Some(n) = &r.negative_prompt {
-        s.push_str(&format!("\nNegative prompt: {n}"));
+/// The output size: explicit flags, else the init image's size rounded down to `multiple`,
+/// else `default`.
+pub(crate) fn output_size(
+    a: &SampleArgs,
+    init: Option<(usize, usize)>,
+    multiple: usize,
+    default: usize,
+) -> (usize, usize) {
+    let round = |v: usize| (v / multiple).max(1) * multiple;
+    match (a.width, a.height, init) {
+        (w, h, Some((iw, ih))) => (w.unwrap_or(round(iw)), h.unwrap_or(round(ih))),
+        (w, h, None) => (w.unwrap_or(default), h.unwrap_or(default)),
     }
-    s.push_str(&format!(
-        "\nSteps: {}, Sampler: Euler (flow match), CFG scale: {}, Seed: {seed}, Size: {}x{}, Model: {model}",
-        r.steps, r.true_cfg_scale, r.width, r.height
-    ));
-    if distilled {
-        s.push_str(&format!(", Distilled CFG Scale: {}", r.guidance));
-    }
-    s.push_str(&format!(
-        ", Version: dreamforge {}",
-        env!("CARGO_PKG_VERSION")
-    ));
-    s
+}
+
+/// The model's file or folder name, for metadata.
+pub(crate) fn model_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Creates the folder and proves it is writable before any heavy work.

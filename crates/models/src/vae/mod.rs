@@ -6,6 +6,7 @@ pub mod config;
 pub mod conv;
 pub mod decoder;
 pub mod encoder;
+pub mod keys;
 pub mod mid_block;
 pub mod model;
 pub mod resnet;

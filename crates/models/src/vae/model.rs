@@ -56,24 +56,30 @@ impl AutoencoderKL {
             .validate()
             .map_err(|r| Error::config(set.origin(), r))?;
         let w = WeightLoader::new(set, device).with_key_map(legacy_attention_key_map(set));
+        let model = Self::from_loader(&w, config)?;
+        w.finish()?;
+        Ok(model)
+    }
+
+    /// Builds the model from a prepared loader whose parameter names (after its prefix and key
+    /// map) are diffusers names; the caller checks for unused keys (`w.finish()`).
+    pub(crate) fn from_loader(w: &WeightLoader, config: AutoencoderKlConfig) -> Result<Self> {
         let l = config.latent_channels;
-        let model = Self {
-            encoder: Encoder::load(&w, "encoder", &config)?,
-            decoder: Decoder::load(&w, "decoder", &config)?,
+        Ok(Self {
+            encoder: Encoder::load(w, "encoder", &config)?,
+            decoder: Decoder::load(w, "decoder", &config)?,
             quant_conv: if config.use_quant_conv {
-                Some(Conv2d::load(&w, "quant_conv", 2 * l, 2 * l, 1, 1, 0)?)
+                Some(Conv2d::load(w, "quant_conv", 2 * l, 2 * l, 1, 1, 0)?)
             } else {
                 None
             },
             post_quant_conv: if config.use_post_quant_conv {
-                Some(Conv2d::load(&w, "post_quant_conv", l, l, 1, 1, 0)?)
+                Some(Conv2d::load(w, "post_quant_conv", l, l, 1, 1, 0)?)
             } else {
                 None
             },
             config,
-        };
-        w.finish()?;
-        Ok(model)
+        })
     }
 
     /// The latent-space downsampling factor, 2^(levels − 1) (8 for SD and FLUX).

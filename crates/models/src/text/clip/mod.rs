@@ -6,6 +6,7 @@ pub mod attention;
 pub mod config;
 pub mod embeddings;
 pub mod encoder_layer;
+pub mod keys;
 pub mod mlp;
 pub mod model;
 

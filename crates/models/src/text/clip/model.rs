@@ -105,54 +105,25 @@ impl ClipTextModel {
                 ),
             });
         };
-        let c = &config;
-        let dim = c.hidden_size;
-        let dims = LayerDims {
-            dim,
-            heads: c.num_attention_heads,
-            inner: c.intermediate_size,
-            eps: c.layer_norm_eps,
-            act: c.activation(),
-        };
-        let has_projection = w.has("text_projection.weight") || c.declares_projection();
-        let text_projection = if has_projection {
-            let proj_dim = match (
-                c.projection_dim,
+        let has_projection = w.has("text_projection.weight") || config.declares_projection();
+        let projection_dim = if has_projection {
+            match (
+                config.projection_dim,
                 set.shape(&format!("{root}text_projection.weight")),
             ) {
-                (Some(p), _) => p,
-                (None, Some(s)) if s.len() == 2 => s[0],
+                (Some(p), _) => Some(p),
+                (None, Some(s)) if s.len() == 2 => Some(s[0]),
                 _ => {
                     return Err(Error::config(
                         set.origin(),
                         "the model has a text projection but the config has no projection_dim",
                     ));
                 }
-            };
-            Some(w.linear("text_projection", dim, proj_dim, false)?)
+            }
         } else {
             None
         };
-        let model = Self {
-            embeddings: ClipTextEmbeddings::load(
-                &w,
-                &format!("{tower}embeddings"),
-                c.vocab_size,
-                c.max_position_embeddings,
-                dim,
-            )?,
-            layers: (0..c.num_hidden_layers)
-                .map(|i| ClipEncoderLayer::load(&w, &format!("{tower}encoder.layers.{i}"), dims))
-                .collect::<Result<_>>()?,
-            final_layer_norm: ClipLayerNorm::load(
-                &w,
-                &format!("{tower}final_layer_norm"),
-                dim,
-                c.layer_norm_eps,
-            )?,
-            text_projection,
-            config,
-        };
+        let model = Self::from_loader(&w, tower, config, projection_dim)?;
         let unused: Vec<String> = w
             .unused()
             .into_iter()
@@ -166,6 +137,55 @@ impl ClipTextModel {
             });
         }
         Ok(model)
+    }
+
+    /// Builds the model from a prepared loader whose parameter names (after its prefix and key
+    /// map) are transformers names under `tower` (`"text_model."` or `""`), with a bias-free
+    /// `text_projection` to `projection_dim` when given. Consumed keys are recorded in `w`; the
+    /// caller decides which leftovers are errors (see [`Self::from_weights`] and
+    /// [`Self::from_open_clip`]).
+    pub fn from_loader(
+        w: &WeightLoader,
+        tower: &str,
+        config: ClipTextConfig,
+        projection_dim: Option<usize>,
+    ) -> Result<Self> {
+        config
+            .validate()
+            .map_err(|r| Error::config(w.set().origin(), r))?;
+        let c = &config;
+        let dim = c.hidden_size;
+        let dims = LayerDims {
+            dim,
+            heads: c.num_attention_heads,
+            inner: c.intermediate_size,
+            eps: c.layer_norm_eps,
+            act: c.activation(),
+        };
+        let text_projection = match projection_dim {
+            Some(p) => Some(w.linear("text_projection", dim, p, false)?),
+            None => None,
+        };
+        Ok(Self {
+            embeddings: ClipTextEmbeddings::load(
+                w,
+                &format!("{tower}embeddings"),
+                c.vocab_size,
+                c.max_position_embeddings,
+                dim,
+            )?,
+            layers: (0..c.num_hidden_layers)
+                .map(|i| ClipEncoderLayer::load(w, &format!("{tower}encoder.layers.{i}"), dims))
+                .collect::<Result<_>>()?,
+            final_layer_norm: ClipLayerNorm::load(
+                w,
+                &format!("{tower}final_layer_norm"),
+                dim,
+                c.layer_norm_eps,
+            )?,
+            text_projection,
+            config,
+        })
     }
 
     pub fn config(&self) -> &ClipTextConfig {

@@ -1,0 +1,149 @@
+//! `sample` for the FLUX.1 family: resolve components, load, text-to-image / img2img /
+//! inpainting with flow-match Euler.
+
+use std::time::Instant;
+
+use dreamforge_core::Error;
+use dreamforge_pipeline::family::check_components_family;
+use dreamforge_pipeline::{FluxComponents, FluxPipeline, FluxRequest, InitImage};
+
+use super::{Ctx, Rendered, SampleArgs, model_name, output_size};
+
+pub(crate) fn run(
+    a: &SampleArgs,
+    ctx: &Ctx,
+    init_size: Option<(usize, usize)>,
+    t0: Instant,
+) -> anyhow::Result<Option<Rendered>> {
+    for (flag, given) in [
+        ("--sampler", a.sampler.is_some()),
+        ("--clip-skip", a.clip_skip.is_some()),
+        ("--prediction-type", a.prediction_type.is_some()),
+        ("--guidance-rescale", a.guidance_rescale != 0.0),
+        ("--eta", a.eta != 0.0),
+    ] {
+        if given {
+            return Err(Error::InvalidInput(format!(
+                "{flag} applies to Stable Diffusion models; {} is a FLUX.1 model (flow-match Euler)",
+                a.model.display()
+            ))
+            .into());
+        }
+    }
+    if let Some(c) = &ctx.overrides.components {
+        check_components_family(c, true)?;
+    }
+    let comps = FluxComponents::resolve(&a.model, &ctx.overrides)?;
+    let pipe = FluxPipeline::load(&comps, &ctx.device)?;
+    let distilled = pipe.transformer.config.guidance_embeds;
+    let (width, height) = output_size(a, init_size, pipe.vae_scale_factor() * 2, 1024);
+    let mut notices = Vec::new();
+    let init = match &a.init_image {
+        Some(p) => Some(InitImage::load(
+            p,
+            a.mask.as_deref(),
+            a.strength
+                .unwrap_or(if a.mask.is_some() { 1.0 } else { 0.75 }),
+            width,
+            height,
+            &mut notices,
+        )?),
+        None => None,
+    };
+    let req = FluxRequest {
+        prompt: a.prompt.clone(),
+        negative_prompt: a.negative_prompt.clone(),
+        true_cfg_scale: a.true_cfg,
+        guidance: a.guidance.unwrap_or(3.5),
+        steps: a.steps.unwrap_or(if distilled { 28 } else { 4 }),
+        width,
+        height,
+        num_images: a.num_images,
+        seed: ctx.seed,
+        max_sequence_length: a
+            .max_sequence_length
+            .unwrap_or(if distilled { 512 } else { 256 }),
+        noise: ctx.noise.clone(),
+        init,
+    };
+    pipe.validate(&req)?;
+    if !a.quiet {
+        eprintln!(
+            "loaded {} (FLUX.1) on {} in {:.1}s",
+            a.model.display(),
+            ctx.spec,
+            t0.elapsed().as_secs_f32()
+        );
+        for n in &notices {
+            eprintln!("notice: {n}");
+        }
+    }
+    let bar = ctx.bar(a.quiet, req.steps);
+    let out = pipe.generate(&req, |info| {
+        bar.set_length(info.total as u64);
+        bar.set_position(info.step as u64);
+        bar.set_message(format!("σ={:.3}", info.sigma));
+        !ctx.stopped()
+    })?;
+    bar.finish_and_clear();
+    let Some(out) = out else {
+        return Ok(None);
+    };
+    let model = model_name(&a.model);
+    let noise_file = a.noise.as_ref().map(|p| p.display().to_string());
+    let device = ctx.spec.to_string();
+    let model_path = a.model.display().to_string();
+    let r2 = req.clone();
+    let steps = req.steps;
+    Ok(Some(Rendered {
+        images: out.images,
+        warnings: out.warnings,
+        parameters: Box::new(move |seed| a1111_parameters(&req, seed, &model, distilled)),
+        json: Box::new(move |seed| {
+            let init = r2.init.as_ref();
+            serde_json::json!({
+                "family": "flux",
+                "prompt": r2.prompt,
+                "negative_prompt": r2.negative_prompt,
+                "true_cfg_scale": r2.true_cfg_scale,
+                "guidance": if distilled { Some(r2.guidance) } else { None },
+                "steps": r2.steps,
+                "sampler": "flow_match_euler",
+                "seed": seed,
+                "width": r2.width,
+                "height": r2.height,
+                "max_sequence_length": r2.max_sequence_length,
+                "noise_file": noise_file,
+                "init_image": init.map(|i| i.image_path.display().to_string()),
+                "mask": init.and_then(|i| i.mask_path.as_ref().map(|m| m.display().to_string())),
+                "strength": init.map(|i| i.strength),
+                "model": model_path,
+                "device": device,
+                "dreamforge_version": env!("CARGO_PKG_VERSION"),
+            })
+        }),
+        steps,
+    }))
+}
+
+fn a1111_parameters(r: &FluxRequest, seed: u64, model: &str, distilled: bool) -> String {
+    let mut s = r.prompt.clone();
+    if let Some(n) = &r.negative_prompt {
+        s.push_str(&format!("\nNegative prompt: {n}"));
+    }
+    s.push_str(&format!(
+        "\nSteps: {}, Sampler: Euler (flow match), CFG scale: {}, Seed: {seed}, Size: {}x{}, Model: {model}",
+        r.steps, r.true_cfg_scale, r.width, r.height
+    ));
+    if distilled {
+        s.push_str(&format!(", Distilled CFG Scale: {}", r.guidance));
+    }
+    if let Some(i) = &r.init {
+        s.push_str(&format!(", Denoising strength: {}", i.strength));
+    }
+    s.push_str(&format!(
+        ", Version: dreamforge {}",
+        env!("CARGO_PKG_VERSION")
+    ));
+    s
+}
