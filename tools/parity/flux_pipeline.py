@@ -108,8 +108,8 @@ def build(d, t5_tokenizer_json=None):
         dense_act_fn="gelu_new", is_gated_act=True)).eval()
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[16, 32], layers_per_block=1,
-        latent_channels=16, norm_num_groups=8, sample_size=32, scaling_factor=0.3611, shift_factor=0.1159,
+        up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[8, 16], layers_per_block=1,
+        latent_channels=16, norm_num_groups=4, sample_size=32, scaling_factor=0.3611, shift_factor=0.1159,
         use_quant_conv=False, use_post_quant_conv=False).eval()
     transformer = FluxTransformer2DModel(
         patch_size=1, in_channels=64, num_layers=1, num_single_layers=2, attention_head_dim=16,

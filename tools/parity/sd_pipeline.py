@@ -46,8 +46,8 @@ SD_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012
 
 def tiny_vae():
     return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
-                         up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[8, 16], layers_per_block=1,
-                         latent_channels=4, norm_num_groups=4, sample_size=32, scaling_factor=0.18215).eval()
+                         up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[4, 8], layers_per_block=1,
+                         latent_channels=4, norm_num_groups=2, sample_size=32, scaling_factor=0.18215).eval()
 
 
 def tiny_clip(vocab, hidden=16, projection=False, act="quick_gelu"):

@@ -18,7 +18,7 @@ def tiny_vae(latent, quant, groups, seed, **extra):
         out_channels=3,
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(16, 32),
+        block_out_channels=(8, 16),
         layers_per_block=1,
         act_fn="silu",
         latent_channels=latent,
@@ -69,7 +69,7 @@ def save(name, m, dtype, seed):
 
 
 def generate():
-    save("autoencoder_kl_sd_tiny", tiny_vae(4, True, 8, seed=30), torch.float16, 3000)
+    save("autoencoder_kl_sd_tiny", tiny_vae(4, True, 4, seed=30), torch.float16, 3000)
     save("autoencoder_kl_flux_tiny",
          tiny_vae(16, False, 4, seed=40, scaling_factor=0.3611, shift_factor=0.1159, force_upcast=False),
          torch.bfloat16, 4000)
