@@ -261,11 +261,22 @@ mod tests {
         let bad = dir.path().join("bad.png");
         std::fs::write(&bad, b"\x89PNG\r\n\x1a\ntruncated").unwrap();
         let e = RgbImage::read(&bad).unwrap_err().to_string();
-        assert!(e.contains("bad.png") && e.contains("not a readable image"), "{e}");
+        assert!(
+            e.contains("bad.png") && e.contains("not a readable image"),
+            "{e}"
+        );
         let missing = dir.path().join("missing.png");
-        assert!(RgbImage::read(&missing).unwrap_err().to_string().contains("missing.png"));
+        assert!(
+            RgbImage::read(&missing)
+                .unwrap_err()
+                .to_string()
+                .contains("missing.png")
+        );
         let resized = rgb.resized(4, 2);
-        assert_eq!((resized.width, resized.height, resized.pixels.len()), (4, 2, 24));
+        assert_eq!(
+            (resized.width, resized.height, resized.pixels.len()),
+            (4, 2, 24)
+        );
     }
 
     #[test]

@@ -52,7 +52,9 @@ pub fn detect_family(model: &Path) -> Result<ModelFamily> {
             Some(c) if is_sd_class(&c) => Ok(ModelFamily::Sd(SdSource::Diffusers(model.into()))),
             Some(c) => Err(Error::format(
                 model,
-                format!("diffusers pipeline `{c}` is not supported (FLUX.1, Stable Diffusion 1.x/2.x and SDXL pipelines are)"),
+                format!(
+                    "diffusers pipeline `{c}` is not supported (FLUX.1, Stable Diffusion 1.x/2.x and SDXL pipelines are)"
+                ),
             )),
             None if model.join("transformer").exists() => Ok(ModelFamily::Flux),
             None if model.join("unet").exists() => {

@@ -51,7 +51,10 @@ mod tests {
     fn combine_and_rescale_match_hand_computation() {
         let u = t(vec![0.0, 1.0, 2.0, 3.0], [1, 1, 2, 2]);
         let c = t(vec![1.0, 1.0, 4.0, 3.0], [1, 1, 2, 2]);
-        let g: Vec<f32> = cfg_combine(u, c.clone(), 2.0).into_data().to_vec().unwrap();
+        let g: Vec<f32> = cfg_combine(u, c.clone(), 2.0)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
         assert_eq!(g, vec![2.0, 1.0, 6.0, 3.0]);
         // std(text) over [1,1,4,3] and std(cfg) over [2,1,6,3], unbiased.
         let sd = |v: &[f32]| {
@@ -61,7 +64,7 @@ mod tests {
         let ratio = sd(&[1.0, 1.0, 4.0, 3.0]) / sd(&g);
         let out: Vec<f32> = rescale_noise_cfg(t(g.clone(), [1, 1, 2, 2]), c, 0.7)
             .into_data()
-            .to_vec()
+            .try_to_vec::<f32>()
             .unwrap();
         for (o, gv) in out.iter().zip(&g) {
             let want = 0.7 * gv * ratio + 0.3 * gv;

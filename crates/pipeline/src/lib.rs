@@ -4,14 +4,14 @@
 pub mod components;
 pub mod conditioning;
 pub mod family;
-pub mod guidance;
 pub mod flux;
+pub mod guidance;
 pub mod inspect;
 pub mod latents;
 pub mod sd;
 
 pub use components::{ComponentOverrides, FluxComponents};
 pub use conditioning::InitImage;
-pub use flux::{FluxOutput, FluxPipeline, FluxRequest};
 pub use family::{ModelFamily, detect_family};
+pub use flux::{FluxOutput, FluxPipeline, FluxRequest};
 pub use sd::{SdComponents, SdFamily, SdOutput, SdPipeline, SdRequest, SdSource};

@@ -57,7 +57,10 @@ pub(crate) fn run(
     if let Some(c) = &ctx.overrides.components {
         check_components_family(c, false)?;
     }
-    let pipe = SdPipeline::load(&SdComponents::new(source, ctx.overrides.clone()), &ctx.device)?;
+    let pipe = SdPipeline::load(
+        &SdComponents::new(source, ctx.overrides.clone()),
+        &ctx.device,
+    )?;
     let sdxl = pipe.family == SdFamily::Sdxl;
     let default_size = pipe.default_size();
     let (width, height) = output_size(a, init_size, pipe.size_multiple(), default_size);

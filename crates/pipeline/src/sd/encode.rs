@@ -33,7 +33,10 @@ pub fn tokenize(
     }
     let n = enc.ids.len();
     let flat: Vec<i64> = enc.ids.into_iter().flatten().collect();
-    Ok(Tensor::from_data(TensorData::new(flat, [n, max_len]), device))
+    Ok(Tensor::from_data(
+        TensorData::new(flat, [n, max_len]),
+        device,
+    ))
 }
 
 /// `hidden_states[-from_end]` of a CLIP text encoder (1 = the last layer's output before the
@@ -41,7 +44,11 @@ pub fn tokenize(
 ///
 /// # Shapes
 /// `ids: [B, T]` → `[B, T, hidden]`
-pub fn clip_hidden(model: &ClipTextModel, ids: Tensor<2, Int>, from_end: usize) -> Result<Tensor<3>> {
+pub fn clip_hidden(
+    model: &ClipTextModel,
+    ids: Tensor<2, Int>,
+    from_end: usize,
+) -> Result<Tensor<3>> {
     let n = model.layers.len();
     if from_end == 0 || from_end > n + 1 {
         return Err(Error::InvalidInput(format!(

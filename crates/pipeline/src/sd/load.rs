@@ -132,7 +132,11 @@ pub fn python_json_to_strict(text: &str) -> String {
             in_str = true;
         }
         let mut matched = false;
-        for (tok, rep) in [("-Infinity", "\"-inf\""), ("Infinity", "\"inf\""), ("NaN", "\"nan\"")] {
+        for (tok, rep) in [
+            ("-Infinity", "\"-inf\""),
+            ("Infinity", "\"inf\""),
+            ("NaN", "\"nan\""),
+        ] {
             if rest.starts_with(tok) {
                 out.push_str(rep);
                 rest = &rest[tok.len()..];
@@ -171,8 +175,9 @@ impl SdPipeline {
             Some(p) => {
                 let v = read_json(p)?;
                 let class = v["_class_name"].as_str().unwrap_or("").to_string();
-                let cfg: DdpmConfig = serde_json::from_value(v)
-                    .map_err(|e| Error::config(p, format!("not a DDPM-family scheduler config: {e}")))?;
+                let cfg: DdpmConfig = serde_json::from_value(v).map_err(|e| {
+                    Error::config(p, format!("not a DDPM-family scheduler config: {e}"))
+                })?;
                 let (kind, notice) = sampler_for_class(&class, &cfg);
                 notices.extend(notice);
                 (cfg, kind)
@@ -207,13 +212,18 @@ impl SdPipeline {
             SdSource::Diffusers(root) => {
                 let idx = read_json(&root.join("model_index.json"))?;
                 let class = idx["_class_name"].as_str().unwrap_or("");
-                let force_zeros = idx["force_zeros_for_empty_prompt"].as_bool().unwrap_or(true);
+                let force_zeros = idx["force_zeros_for_empty_prompt"]
+                    .as_bool()
+                    .unwrap_or(true);
                 let need = |name: &str| -> Result<PathBuf> {
                     let p = root.join(name);
                     if p.exists() {
                         Ok(p)
                     } else {
-                        Err(Error::format(root, format!("component `{name}/` is missing")))
+                        Err(Error::format(
+                            root,
+                            format!("component `{name}/` is missing"),
+                        ))
                     }
                 };
                 let unet_dir = need("unet")?;
@@ -224,23 +234,36 @@ impl SdPipeline {
                     SdFamily::Sd
                 };
                 let unet = match unet_config {
-                    Some(cfg) => UNet2DConditionModel::from_weights(&WeightSet::open(&unet_dir)?, "", cfg, device)?,
+                    Some(cfg) => UNet2DConditionModel::from_weights(
+                        &WeightSet::open(&unet_dir)?,
+                        "",
+                        cfg,
+                        device,
+                    )?,
                     None => UNet2DConditionModel::load(&unet_dir, device)?,
                 };
-                let vae = AutoencoderKL::load(&o.vae.clone().map_or_else(|| need("vae"), Ok)?, device)?;
+                let vae =
+                    AutoencoderKL::load(&o.vae.clone().map_or_else(|| need("vae"), Ok)?, device)?;
                 let text_encoder = load_text_encoder(
-                    &o.text_encoder.clone().map_or_else(|| need("text_encoder"), Ok)?,
+                    &o.text_encoder
+                        .clone()
+                        .map_or_else(|| need("text_encoder"), Ok)?,
                     device,
                 )?;
-                let tokenizer = load_tokenizer(&o.tokenizer.clone().map_or_else(|| need("tokenizer"), Ok)?)?;
+                let tokenizer =
+                    load_tokenizer(&o.tokenizer.clone().map_or_else(|| need("tokenizer"), Ok)?)?;
                 let (text_encoder_2, tokenizer_2) = if family == SdFamily::Sdxl {
                     (
                         Some(load_text_encoder(
-                            &o.text_encoder_2.clone().map_or_else(|| need("text_encoder_2"), Ok)?,
+                            &o.text_encoder_2
+                                .clone()
+                                .map_or_else(|| need("text_encoder_2"), Ok)?,
                             device,
                         )?),
                         Some(load_tokenizer(
-                            &o.tokenizer_2.clone().map_or_else(|| need("tokenizer_2"), Ok)?,
+                            &o.tokenizer_2
+                                .clone()
+                                .map_or_else(|| need("tokenizer_2"), Ok)?,
                         )?),
                     )
                 } else {
@@ -310,10 +333,8 @@ impl SdPipeline {
                     if let Some(p) = given {
                         return load_text_encoder(p, device);
                     }
-                    if let Some(p) = c.component(&None, component) {
-                        if !has_te {
-                            return load_text_encoder(&p, device);
-                        }
+                    if !has_te && let Some(p) = c.component(&None, component) {
+                        return load_text_encoder(&p, device);
                     }
                     match from_file.iter().find(|t| t.component == component) {
                         Some(t) => t.load(&set, device),
@@ -331,7 +352,10 @@ impl SdPipeline {
                     SdFamily::Sdxl => Some(te(&o.text_encoder_2, "text_encoder_2")?),
                     SdFamily::Sd => None,
                 };
-                let tok = |given: &Option<PathBuf>, name: &str, flag: &str| -> Result<TextTokenizer> {
+                let tok = |given: &Option<PathBuf>,
+                           name: &str,
+                           flag: &str|
+                 -> Result<TextTokenizer> {
                     match c.component(given, name) {
                         Some(p) => load_tokenizer(&p),
                         None => Err(Error::InvalidInput(format!(

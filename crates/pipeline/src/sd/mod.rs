@@ -128,7 +128,10 @@ impl SdPipeline {
     /// Checks a request before any heavy work.
     pub fn validate(&self, r: &SdRequest) -> Result<()> {
         let m = self.size_multiple();
-        if r.width == 0 || r.height == 0 || !r.width.is_multiple_of(m) || !r.height.is_multiple_of(m)
+        if r.width == 0
+            || r.height == 0
+            || !r.width.is_multiple_of(m)
+            || !r.height.is_multiple_of(m)
         {
             return Err(Error::InvalidInput(format!(
                 "width and height must be positive multiples of {m} for this model (got {}x{})",
@@ -154,7 +157,11 @@ impl SdPipeline {
         }
         if let Some(k) = r.clip_skip {
             let n = self.text_encoder.layers.len();
-            let limit = if self.family == SdFamily::Sdxl { n - 1 } else { n };
+            let limit = if self.family == SdFamily::Sdxl {
+                n - 1
+            } else {
+                n
+            };
             if k >= limit {
                 return Err(Error::InvalidInput(format!(
                     "--clip-skip {k} is too large for a text encoder with {n} layers"
@@ -196,12 +203,19 @@ impl SdPipeline {
         r: &SdRequest,
         cfg: bool,
         warnings: &mut Vec<String>,
-    ) -> Result<(Tensor<3>, Option<Tensor<3>>, Option<(Tensor<2>, Option<Tensor<2>>)>)> {
+    ) -> Result<(
+        Tensor<3>,
+        Option<Tensor<3>>,
+        Option<(Tensor<2>, Option<Tensor<2>>)>,
+    )> {
         let d = &self.device;
         match self.family {
             SdFamily::Sd => {
                 let texts: Vec<&str> = if cfg {
-                    vec![r.prompt.as_str(), r.negative_prompt.as_deref().unwrap_or("")]
+                    vec![
+                        r.prompt.as_str(),
+                        r.negative_prompt.as_deref().unwrap_or(""),
+                    ]
                 } else {
                     vec![r.prompt.as_str()]
                 };
@@ -235,7 +249,10 @@ impl SdPipeline {
                 let encs = [&self.text_encoder, e2];
                 let zeros_neg = r.negative_prompt.is_none() && self.force_zeros_for_empty_prompt;
                 let texts: Vec<&str> = if cfg && !zeros_neg {
-                    vec![r.prompt.as_str(), r.negative_prompt.as_deref().unwrap_or("")]
+                    vec![
+                        r.prompt.as_str(),
+                        r.negative_prompt.as_deref().unwrap_or(""),
+                    ]
                 } else {
                     vec![r.prompt.as_str()]
                 };
@@ -252,10 +269,7 @@ impl SdPipeline {
                 Ok((
                     s.clone().slice([0..1, 0..t, 0..c]),
                     Some(s.slice([1..2, 0..t, 0..c])),
-                    Some((
-                        p.clone().slice([0..1, 0..pc]),
-                        Some(p.slice([1..2, 0..pc])),
-                    )),
+                    Some((p.clone().slice([0..1, 0..pc]), Some(p.slice([1..2, 0..pc])))),
                 ))
             }
         }
@@ -320,7 +334,8 @@ impl SdPipeline {
             .map_err(|e| Error::InvalidInput(format!("scheduler: {e}")))?;
         let cfg = r.guidance_scale > 1.0;
         if r.negative_prompt.is_some() && !cfg {
-            warnings.push("a negative prompt has no effect unless --guidance is greater than 1".into());
+            warnings
+                .push("a negative prompt has no effect unless --guidance is greater than 1".into());
         }
 
         let (pos, neg, pooled) = self.encode(r, cfg, &mut warnings)?;
@@ -369,7 +384,10 @@ impl SdPipeline {
         } else if inpaint_model {
             // Text-to-image with an inpainting UNet: everything is repainted, the masked image
             // is a neutral grey (as A1111 does).
-            let grey = HostTensor::new(vec![1, 3, r.height, r.width], vec![0.0; 3 * r.height * r.width]);
+            let grey = HostTensor::new(
+                vec![1, 3, r.height, r.width],
+                vec![0.0; 3 * r.height * r.width],
+            );
             unet_extra = Some((
                 Tensor::<4>::ones([b, 1, h, w], d),
                 self.encode_image(grey, b),
@@ -381,14 +399,21 @@ impl SdPipeline {
         };
         let unet_extra = unet_extra.map(|(m, l)| {
             if cfg {
-                (Tensor::cat(vec![m.clone(), m], 0), Tensor::cat(vec![l.clone(), l], 0))
+                (
+                    Tensor::cat(vec![m.clone(), m], 0),
+                    Tensor::cat(vec![l.clone(), l], 0),
+                )
             } else {
                 (m, l)
             }
         });
 
         let denoise = |x: Tensor<4>, t: f32, _i: usize| -> Result<Tensor<4>> {
-            let input = if cfg { Tensor::cat(vec![x.clone(), x], 0) } else { x };
+            let input = if cfg {
+                Tensor::cat(vec![x.clone(), x], 0)
+            } else {
+                x
+            };
             let input = match &unet_extra {
                 Some((m, l)) => Tensor::cat(vec![input, m.clone(), l.clone()], 1),
                 None => input,
@@ -416,7 +441,8 @@ impl SdPipeline {
         let step_noise = |i: usize| -> Tensor<4> {
             let per: Vec<f32> = (0..b)
                 .flat_map(|k| {
-                    let s = (r.seed + k as u64) ^ (0x9E37_79B9_7F4A_7C15u64.wrapping_mul(i as u64 + 1));
+                    let s =
+                        (r.seed + k as u64) ^ (0x9E37_79B9_7F4A_7C15u64.wrapping_mul(i as u64 + 1));
                     randn(s, &[1, c, h, w]).data
                 })
                 .collect();
@@ -446,7 +472,9 @@ impl SdPipeline {
                 None => Some(x),
             }
         };
-        let Some(latents) = sample_sd(kind, &sched, param, r.eta, start, x, denoise, step_noise, step)?
+        let Some(latents) = sample_sd(
+            kind, &sched, param, r.eta, start, x, denoise, step_noise, step,
+        )?
         else {
             return Ok(None);
         };
