@@ -2,49 +2,15 @@
 //! reproducing diffusers' image from given latents, PNG metadata, and every bad-input path
 //! (one-line error naming the file and problem, non-zero exit, nothing partial written).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/parity")
-}
+use std::path::Path;
+use std::process::Command;
 
-fn pipeline() -> PathBuf {
+use common::{assert_fails, fixtures, png_files, run, stderr};
+
+fn pipeline() -> std::path::PathBuf {
     fixtures().join("flux_pipeline_tiny")
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dreamforge"))
-        .args(args)
-        .output()
-        .expect("binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Asserts a failure with `code` whose `error:` line contains every needle.
-fn assert_fails(o: &Output, code: i32, needles: &[&str]) {
-    let err = stderr(o);
-    assert_eq!(o.status.code(), Some(code), "stderr: {err}");
-    let line = err
-        .lines()
-        .find(|l| l.starts_with("error: "))
-        .unwrap_or_else(|| panic!("no error line in: {err}"));
-    for n in needles {
-        assert!(line.contains(n), "`{n}` not in `{line}`");
-    }
-    assert!(!err.contains("panicked"), "{err}");
-}
-
-fn png_files(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default();
-    v.retain(|p| p.extension().is_some_and(|e| e == "png"));
-    v.sort();
-    v
 }
 
 /// Writes golden case 0's packed latents as a one-tensor safetensors file.

@@ -1,0 +1,486 @@
+//! End-to-end tests of `dreamforge sample` on the Stable Diffusion family and of img2img /
+//! inpainting on both families: diffusers' images reproduced through the CLI (auto-detected
+//! family, given noise, init PNGs), every sampler, PNG metadata, and the bad-input paths (one
+//! `error:` line naming the file and the problem, exit 1, nothing written).
+
+mod common;
+
+use std::path::Path;
+
+use common::{
+    assert_fails, fixtures, golden_tensor, max_level_diff, png_files, read_png, run, stderr,
+    write_golden_tensor,
+};
+
+fn fx(name: &str) -> String {
+    fixtures().join(name).to_string_lossy().into_owned()
+}
+
+fn sample(model: &str, out: &Path, extra: &[&str]) -> std::process::Output {
+    let mut v = vec![
+        "sample",
+        "--model",
+        model,
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ];
+    v.extend_from_slice(extra);
+    run(&v)
+}
+
+/// Runs a golden case of a pipeline fixture through the CLI and compares the PNG with
+/// diffusers' image (within one 8-bit level).
+fn reproduce(fixture: &str, case: usize, noise_key: &str, args: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let noise = dir.path().join("noise.safetensors");
+    write_golden_tensor(fixture, &format!("case{case}.{noise_key}"), &noise);
+    let out = dir.path().join("o");
+    let mut extra = vec!["--noise", noise.to_str().unwrap(), "--seed", "0"];
+    extra.extend_from_slice(args);
+    let o = sample(&fx(fixture), &out, &extra);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let files = png_files(&out);
+    assert_eq!(files.len(), 1);
+    let (w, h, px, text) = read_png(&files[0]);
+    let (shape, golden) = golden_tensor(fixture, &format!("case{case}.image"));
+    assert_eq!(shape, vec![1, 3, h, w]);
+    let worst = max_level_diff(&px, &golden, 0, h, w);
+    assert!(
+        worst <= 1,
+        "{fixture} case {case}: max pixel difference {worst}"
+    );
+    assert!(text.iter().any(|(k, _)| k == "parameters"));
+}
+
+#[test]
+fn sd_text_to_image_img2img_and_inpainting_reproduce_diffusers() {
+    let sd = "sd_pipeline_tiny";
+    let init = fixtures().join(sd).join("init.png");
+    let mask = fixtures().join(sd).join("mask.png");
+    let (init, mask) = (init.to_str().unwrap(), mask.to_str().unwrap());
+    // Text-to-image with a negative prompt, the folder's scheduler (DPM++ 2M).
+    reproduce(
+        sd,
+        0,
+        "latents",
+        &[
+            "--prompt",
+            "a photo of a cat",
+            "--negative-prompt",
+            "blurry",
+            "--guidance",
+            "7.5",
+            "--steps",
+            "3",
+            "--width",
+            "32",
+            "--height",
+            "32",
+        ],
+    );
+    // img2img, Euler, strength 0.7; the size comes from the init image.
+    reproduce(
+        sd,
+        4,
+        "noise",
+        &[
+            "--prompt",
+            "oil painting of mountains at sunset",
+            "--guidance",
+            "7",
+            "--steps",
+            "3",
+            "--sampler",
+            "euler",
+            "--init-image",
+            init,
+            "--strength",
+            "0.7",
+        ],
+    );
+    // Inpainting with a plain UNet (latent blending), full strength.
+    reproduce(
+        sd,
+        6,
+        "noise",
+        &[
+            "--prompt",
+            "a small yellow star and a green square",
+            "--guidance",
+            "7.5",
+            "--steps",
+            "3",
+            "--sampler",
+            "euler",
+            "--init-image",
+            init,
+            "--mask",
+            mask,
+        ],
+    );
+    // A 9-channel inpainting UNet.
+    reproduce(
+        "sd_inpaint_pipeline_tiny",
+        0,
+        "noise",
+        &[
+            "--prompt",
+            "a small yellow star and a green square",
+            "--guidance",
+            "7.5",
+            "--steps",
+            "3",
+            "--init-image",
+            init,
+            "--mask",
+            mask,
+        ],
+    );
+}
+
+#[test]
+fn flux_img2img_and_inpainting_reproduce_diffusers() {
+    let f = "flux_pipeline_tiny";
+    let init = fixtures().join(f).join("init.png");
+    let mask = fixtures().join(f).join("mask.png");
+    let (init, mask) = (init.to_str().unwrap(), mask.to_str().unwrap());
+    reproduce(
+        f,
+        2,
+        "noise",
+        &[
+            "--prompt",
+            "oil painting of mountains at sunset",
+            "--guidance",
+            "3.5",
+            "--steps",
+            "4",
+            "--max-sequence-length",
+            "16",
+            "--init-image",
+            init,
+            "--strength",
+            "0.6",
+        ],
+    );
+    reproduce(
+        f,
+        3,
+        "noise",
+        &[
+            "--prompt",
+            "a small yellow star and a green square",
+            "--guidance",
+            "2",
+            "--steps",
+            "3",
+            "--max-sequence-length",
+            "16",
+            "--init-image",
+            init,
+            "--mask",
+            mask,
+            "--strength",
+            "0.8",
+        ],
+    );
+}
+
+#[test]
+fn every_sampler_runs_on_sd_and_sdxl_and_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o");
+    let names = [
+        ("ddim", "DDIM"),
+        ("euler", "Euler"),
+        ("euler-a", "Euler a"),
+        ("dpmpp-2m", "DPM++ 2M"),
+        ("dpmpp-2m-karras", "DPM++ 2M Karras"),
+    ];
+    for (i, (name, a1111)) in names.iter().enumerate() {
+        let seed = format!("{}", 100 + i);
+        let o = sample(
+            &fx("sd_pipeline_tiny"),
+            &out,
+            &[
+                "--prompt",
+                "a cat",
+                "--sampler",
+                name,
+                "--steps",
+                "3",
+                "--width",
+                "24",
+                "--height",
+                "16",
+                "--seed",
+                &seed,
+                "--clip-skip",
+                "1",
+                "--guidance-rescale",
+                "0.5",
+            ],
+        );
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        let f = out.join(format!("{i:05}-{seed}.png"));
+        let (w, h, px, text) = read_png(&f);
+        assert_eq!((w, h), (24, 16));
+        assert!(px.iter().any(|&v| v != px[0]), "{name}: flat image");
+        let params = &text.iter().find(|(k, _)| k == "parameters").unwrap().1;
+        assert!(
+            params.contains(&format!("Sampler: {a1111},")) && params.contains("Clip skip: 2"),
+            "{params}"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&text.iter().find(|(k, _)| k == "dreamforge").unwrap().1).unwrap();
+        assert_eq!(json["sampler"], *name);
+        assert_eq!(json["family"], "sd");
+    }
+    // Euler ancestral draws fresh noise per step from the seed: reproducible.
+    let again = dir.path().join("again");
+    let o = sample(
+        &fx("sd_pipeline_tiny"),
+        &again,
+        &[
+            "--prompt",
+            "a cat",
+            "--sampler",
+            "euler-a",
+            "--steps",
+            "3",
+            "--width",
+            "24",
+            "--height",
+            "16",
+            "--seed",
+            "102",
+            "--clip-skip",
+            "1",
+            "--guidance-rescale",
+            "0.5",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        read_png(&png_files(&again)[0]).2,
+        read_png(&out.join("00002-102.png")).2
+    );
+    // SDXL with its scheduler's default sampler and the UNet's native size (sample_size × 2).
+    let o = sample(
+        &fx("sdxl_pipeline_tiny"),
+        &out,
+        &["--prompt", "a cat", "--steps", "2", "--seed", "9"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (w, h, _, text) = read_png(&out.join("00005-9.png"));
+    assert_eq!((w, h), (32, 32));
+    let json: serde_json::Value =
+        serde_json::from_str(&text.iter().find(|(k, _)| k == "dreamforge").unwrap().1).unwrap();
+    assert_eq!(
+        (json["family"].as_str(), json["sampler"].as_str()),
+        (Some("sdxl"), Some("euler"))
+    );
+}
+
+#[test]
+fn bad_sampler_strength_and_flag_combinations_are_refused_before_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o");
+    let sd = fx("sd_pipeline_tiny");
+    let init = fixtures().join("sd_pipeline_tiny/init.png");
+    let init = init.to_str().unwrap();
+    let o = sample(&sd, &out, &["--prompt", "a cat", "--sampler", "lms"]);
+    assert_fails(
+        &o,
+        1,
+        &[
+            "unknown sampler `lms`",
+            "ddim, euler, euler-a, dpmpp-2m, dpmpp-2m-karras",
+        ],
+    );
+    for bad in ["0", "1.5", "-0.2", "nan"] {
+        let flag = format!("--strength={bad}");
+        let o = sample(
+            &sd,
+            &out,
+            &["--prompt", "a cat", "--init-image", init, &flag],
+        );
+        assert_fails(&o, 1, &["--strength must be in (0, 1]"]);
+    }
+    let o = sample(&sd, &out, &["--prompt", "a cat", "--strength", "0.5"]);
+    assert_fails(&o, 1, &["--strength needs an --init-image"]);
+    let o = sample(&sd, &out, &["--prompt", "a cat", "--mask", init]);
+    assert_fails(&o, 1, &["--mask needs an --init-image"]);
+    // Flags of the other family say which family the model is.
+    let o = sample(&sd, &out, &["--prompt", "a cat", "--true-cfg", "3"]);
+    assert_fails(
+        &o,
+        1,
+        &["--true-cfg", "Stable Diffusion", "sd_pipeline_tiny"],
+    );
+    let o = sample(
+        &fx("flux_pipeline_tiny"),
+        &out,
+        &["--prompt", "a cat", "--sampler", "ddim"],
+    );
+    assert_fails(&o, 1, &["--sampler", "FLUX.1", "flux_pipeline_tiny"]);
+    // Too few steps for the strength: no denoising step would run.
+    let o = sample(
+        &sd,
+        &out,
+        &[
+            "--prompt",
+            "a cat",
+            "--init-image",
+            init,
+            "--strength",
+            "0.2",
+            "--steps",
+            "3",
+        ],
+    );
+    assert_fails(
+        &o,
+        1,
+        &["--strength 0.2 with 3 steps runs no denoising step"],
+    );
+    assert!(png_files(&out).is_empty());
+}
+
+#[test]
+fn bad_init_images_and_masks_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o");
+    let sd = fx("sd_pipeline_tiny");
+    // Unreadable / truncated init image.
+    let garbage = dir.path().join("photo.png");
+    std::fs::write(&garbage, b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    let o = sample(
+        &sd,
+        &out,
+        &[
+            "--prompt",
+            "a cat",
+            "--init-image",
+            garbage.to_str().unwrap(),
+        ],
+    );
+    assert_fails(&o, 1, &["photo.png", "not a readable image"]);
+    let missing = dir.path().join("missing.jpg");
+    let o = sample(
+        &sd,
+        &out,
+        &[
+            "--prompt",
+            "a cat",
+            "--init-image",
+            missing.to_str().unwrap(),
+        ],
+    );
+    assert_fails(&o, 1, &["missing.jpg", "No such file"]);
+    // A mask whose size differs from the init image.
+    let init = fixtures().join("sd_pipeline_tiny/init.png");
+    let small = dir.path().join("small_mask.png");
+    image::GrayImage::from_pixel(16, 8, image::Luma([255]))
+        .save(&small)
+        .unwrap();
+    let o = sample(
+        &sd,
+        &out,
+        &[
+            "--prompt",
+            "a cat",
+            "--init-image",
+            init.to_str().unwrap(),
+            "--mask",
+            small.to_str().unwrap(),
+        ],
+    );
+    assert_fails(&o, 1, &["small_mask.png", "16x8", "32x32", "same size"]);
+    assert!(png_files(&out).is_empty());
+    // An init image of another size is resized to the requested size, with a notice.
+    let o = run(&[
+        "sample",
+        "--model",
+        &sd,
+        "--out",
+        out.to_str().unwrap(),
+        "--prompt",
+        "a cat",
+        "--init-image",
+        init.to_str().unwrap(),
+        "--width",
+        "48",
+        "--height",
+        "40",
+        "--steps",
+        "2",
+        "--strength",
+        "0.5",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("init.png: resized from 32x32 to 48x40"),
+        "{}",
+        stderr(&o)
+    );
+    let (w, h, _, _) = read_png(&png_files(&out)[0]);
+    assert_eq!((w, h), (48, 40));
+}
+
+#[test]
+fn wrong_family_components_and_incomplete_single_files_say_what_was_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o");
+    // A FLUX transformer with an SD pipeline as components.
+    let bfl = fixtures().join("flux_transformer_schnell_bfl/flux1-tiny-schnell.safetensors");
+    let o = sample(
+        bfl.to_str().unwrap(),
+        &out,
+        &["--prompt", "a cat", "--components", &fx("sd_pipeline_tiny")],
+    );
+    assert_fails(
+        &o,
+        1,
+        &[
+            "sd_pipeline_tiny",
+            "StableDiffusionPipeline",
+            "FLUX.1 transformer",
+        ],
+    );
+    // An SDXL UNet single file (LDM layout) with a FLUX pipeline as components.
+    let ldm = fixtures().join("unet_sdxl_ldm_tiny/sdxl_tiny.safetensors");
+    let o = sample(
+        ldm.to_str().unwrap(),
+        &out,
+        &[
+            "--prompt",
+            "a cat",
+            "--components",
+            &fx("flux_pipeline_tiny"),
+        ],
+    );
+    assert_fails(
+        &o,
+        1,
+        &[
+            "flux_pipeline_tiny",
+            "FluxPipeline",
+            "Stable Diffusion checkpoint",
+        ],
+    );
+    // The same single file alone: it carries no VAE, and says so.
+    let cfg = fixtures().join("unet_sdxl_ldm_tiny/config.json");
+    let o = sample(
+        ldm.to_str().unwrap(),
+        &out,
+        &["--prompt", "a cat", "--config", cfg.to_str().unwrap()],
+    );
+    assert_fails(&o, 1, &["sdxl_tiny.safetensors", "no VAE", "--vae"]);
+    // A file that is neither family.
+    let golden = fixtures().join("sd_pipeline_tiny/golden.safetensors");
+    let o = sample(golden.to_str().unwrap(), &out, &["--prompt", "a cat"]);
+    assert_fails(&o, 1, &["golden.safetensors", "found"]);
+    assert!(png_files(&out).is_empty());
+}
