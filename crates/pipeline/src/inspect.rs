@@ -123,7 +123,16 @@ pub fn summarize(set: &WeightSet) -> String {
         Some(FluxKeyFormat::Diffusers { prefix }) => {
             format!("FLUX transformer, diffusers keys{}", prefix_note(&prefix))
         }
-        None => guess_family(&keys).to_string(),
+        None => match dreamforge_models::checkpoint::detect(set) {
+            kind @ dreamforge_models::checkpoint::CheckpointKind::SdSingleFile { .. } => {
+                let mut d = kind.describe();
+                if let Some(first) = d.get_mut(0..1) {
+                    first.make_ascii_uppercase();
+                }
+                d
+            }
+            _ => guess_family(&keys).to_string(),
+        },
     };
     let dt: Vec<String> = dtypes.iter().map(|(d, n)| format!("{d} x{n}")).collect();
     format!(

@@ -83,11 +83,12 @@ fn sampler_for_class(class: &str, cfg: &DdpmConfig) -> (SamplerKind, Option<Stri
     }
 }
 
-/// The scheduler config of the original SD releases (scaled-linear betas 0.00085 → 0.012,
-/// offset 1, no `timestep_spacing` so each sampler uses its diffusers class default, as
-/// diffusers does with the SD1.5 / SDXL hub configs), with the variant's prediction type.
-pub fn default_scheduler(prediction_type: &str) -> DdpmConfig {
-    serde_json::from_value(serde_json::json!({
+/// The scheduler config a single file implies, as the hub configs of the original releases
+/// (scaled-linear betas 0.00085 → 0.012, offset 1) with the variant's prediction type. SD1.x /
+/// SD2.x configs set no `timestep_spacing` (each sampler then uses its diffusers class default);
+/// SDXL's sets `leading`.
+pub fn default_scheduler(prediction_type: &str, timestep_spacing: Option<&str>) -> DdpmConfig {
+    let mut v = serde_json::json!({
         "num_train_timesteps": 1000,
         "beta_start": 0.00085,
         "beta_end": 0.012,
@@ -96,8 +97,11 @@ pub fn default_scheduler(prediction_type: &str) -> DdpmConfig {
         "set_alpha_to_one": false,
         "clip_sample": false,
         "prediction_type": prediction_type,
-    }))
-    .expect("a valid scheduler config")
+    });
+    if let Some(sp) = timestep_spacing {
+        v["timestep_spacing"] = sp.into();
+    }
+    serde_json::from_value(v).expect("a valid scheduler config")
 }
 
 /// Reads a JSON config as Python's `json` writes it: bare `NaN` / `Infinity` / `-Infinity`
@@ -192,14 +196,13 @@ impl SdPipeline {
                     } => "v_prediction",
                     _ => "epsilon",
                 };
-                let kind = match &c.source {
+                match &c.source {
                     SdSource::SingleFile {
                         variant: SdVariant::Sdxl,
                         ..
-                    } => SamplerKind::Euler,
-                    _ => SamplerKind::DpmPp2mKarras,
-                };
-                (default_scheduler(pred), kind)
+                    } => (default_scheduler(pred, Some("leading")), SamplerKind::Euler),
+                    _ => (default_scheduler(pred, None), SamplerKind::DpmPp2mKarras),
+                }
             }
         };
         let unet_config = o
@@ -418,5 +421,50 @@ impl SdPipeline {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_json_non_finite_values_become_strings_outside_strings_only() {
+        let text = r#"{"lambda_min_clipped": -Infinity, "x": Infinity, "y": NaN, "s": "a -Infinity \" NaN"}"#;
+        let v: serde_json::Value = serde_json::from_str(&python_json_to_strict(text)).unwrap();
+        assert_eq!(v["lambda_min_clipped"], "-inf");
+        assert_eq!(v["x"], "inf");
+        assert_eq!(v["y"], "nan");
+        assert_eq!(v["s"], "a -Infinity \" NaN");
+        // A real DPMSolverMultistepScheduler config as diffusers writes it parses.
+        let dpm = r#"{"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "dpmsolver++",
+            "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+            "lambda_min_clipped": -Infinity, "use_karras_sigmas": true, "steps_offset": 1}"#;
+        let v: serde_json::Value = serde_json::from_str(&python_json_to_strict(dpm)).unwrap();
+        let cfg: DdpmConfig = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(
+            sampler_for_class(v["_class_name"].as_str().unwrap(), &cfg).0,
+            SamplerKind::DpmPp2mKarras
+        );
+    }
+
+    #[test]
+    fn unsupported_scheduler_classes_fall_back_with_a_notice() {
+        let cfg = default_scheduler("epsilon", None);
+        let (kind, notice) = sampler_for_class("PNDMScheduler", &cfg);
+        assert_eq!(kind, SamplerKind::Euler);
+        assert!(notice.unwrap().contains("PNDMScheduler"));
+        assert_eq!(
+            sampler_for_class("DDIMScheduler", &cfg).0,
+            SamplerKind::Ddim
+        );
+        let xl = default_scheduler("epsilon", Some("leading"));
+        assert_eq!(xl.timestep_spacing.as_deref(), Some("leading"));
+        assert_eq!(
+            default_scheduler("v_prediction", None)
+                .parameterization()
+                .unwrap(),
+            dreamforge_sampling::Parameterization::VPrediction
+        );
     }
 }
