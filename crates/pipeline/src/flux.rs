@@ -456,7 +456,7 @@ fn check_weights_fit(c: &FluxComponents, device: &Device) -> Result<()> {
 }
 
 /// Memory the device can still give, where it can be known (CPU: `MemAvailable`).
-fn available_memory_bytes(device: &Device) -> Option<u64> {
+pub(crate) fn available_memory_bytes(device: &Device) -> Option<u64> {
     // GPU memory is not visible here; the host limit applies to the CPU (flex) backend only.
     if !format!("{device:?}").to_ascii_lowercase().contains("flex") {
         return None;

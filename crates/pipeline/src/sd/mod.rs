@@ -187,12 +187,48 @@ impl SdPipeline {
                 }
             }
         }
+        let need = self.estimate_bytes(r);
+        if let Some(avail) = crate::flux::available_memory_bytes(&self.device)
+            && need > avail
+        {
+            return Err(Error::InvalidInput(format!(
+                "{}x{} x{} needs about {:.1} GiB of working memory but about {:.1} GiB is available; use a smaller size or fewer images",
+                r.width,
+                r.height,
+                r.num_images,
+                need as f64 / (1u64 << 30) as f64,
+                avail as f64 / (1u64 << 30) as f64
+            )));
+        }
         if self.is_inpainting_model() && r.init.as_ref().is_some_and(|i| i.mask.is_none()) {
             return Err(Error::InvalidInput(
                 "this is an inpainting model: an --init-image needs a --mask".into(),
             ));
         }
         Ok(())
+    }
+
+    /// Rough peak working memory of a request in bytes (f32): the VAE decoder's widest
+    /// full-resolution activations, or the UNet's largest self-attention score matrix
+    /// (heads × tokens² per image, doubled under CFG) at the first level with attention.
+    pub fn estimate_bytes(&self, r: &SdRequest) -> u64 {
+        let px = (r.width * r.height) as u64;
+        let n = r.num_images as u64;
+        let c0 = *self.vae.config.block_out_channels.first().unwrap_or(&128) as u64;
+        let vae = n * c0 * px * 4 * 4;
+        let u = &self.unet.config;
+        let vsf = self.vae_scale_factor() as u64;
+        let mut attn = 0u64;
+        for (level, t) in u.down_block_types.iter().enumerate() {
+            if t.has_attention() {
+                let tokens = px / (vsf * vsf) >> (2 * level);
+                let heads = u.heads(level) as u64;
+                attn = attn.max(heads * tokens * tokens * 4 * 2);
+                break;
+            }
+        }
+        let batch = if r.guidance_scale > 1.0 { 2 * n } else { n };
+        vae.max(batch * attn)
     }
 
     /// (positive, negative) prompt states and, for SDXL, pooled embeds; `None` negative when
