@@ -266,6 +266,11 @@ const WEIGHT_FILE_NAMES: &[&str] = &[
     "model.safetensors",
     "diffusion_pytorch_model.safetensors.index.json",
     "model.safetensors.index.json",
+    // Hub repos' half-precision variants, when the full-precision file was not downloaded.
+    "diffusion_pytorch_model.fp16.safetensors",
+    "model.fp16.safetensors",
+    "diffusion_pytorch_model.safetensors.index.fp16.json",
+    "model.safetensors.index.fp16.json",
 ];
 
 impl WeightSet {
@@ -283,7 +288,7 @@ impl WeightSet {
             ));
         }
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name.ends_with(".index.json") {
+        if name.ends_with(".index.json") || name.ends_with(".index.fp16.json") {
             return Self::open_index(path);
         }
         let file = SafetensorsFile::open(path)?;
@@ -691,6 +696,27 @@ mod tests {
 
     fn err_of(path: &Path) -> String {
         WeightSet::open(path).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn component_folders_prefer_the_canonical_file_then_the_fp16_variant() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        write_st(
+            &d.join("diffusion_pytorch_model.non_ema.safetensors"),
+            &[("x", vec![1], vec![1.0])],
+        );
+        write_st(
+            &d.join("diffusion_pytorch_model.fp16.safetensors"),
+            &[("y", vec![1], vec![2.0])],
+        );
+        let set = WeightSet::open(d).unwrap();
+        assert_eq!(set.keys(), vec!["y"]);
+        write_st(
+            &d.join("diffusion_pytorch_model.safetensors"),
+            &[("z", vec![1], vec![3.0])],
+        );
+        assert_eq!(WeightSet::open(d).unwrap().keys(), vec!["z"]);
     }
 
     #[test]
