@@ -1,7 +1,9 @@
 //! `sd_pipeline` fixtures: the whole UNet-family path (tokenizers, CLIP encoders with clip
 //! skip, SDXL pooled embeds and time ids, CFG with negative prompts and guidance rescale, every
 //! sampler, img2img, inpainting with plain and 9-channel UNets, VAE scaling and decode) against
-//! diffusers `StableDiffusion[XL|Img2Img|Inpaint]Pipeline` run from the same noise.
+//! diffusers `StableDiffusion[XL|Img2Img|Inpaint]Pipeline` run from the same noise. A case
+//! with `source` loads the pipeline from that single-file checkpoint in the folder (family and
+//! variant detected from its keys) with the folder as `--components`.
 
 use std::collections::BTreeMap;
 
@@ -9,7 +11,8 @@ use burn::tensor::Device;
 
 use dreamforge_core::HostTensor;
 use dreamforge_pipeline::{
-    ComponentOverrides, InitImage, SdComponents, SdPipeline, SdRequest, SdSource,
+    ComponentOverrides, InitImage, ModelFamily, SdComponents, SdPipeline, SdRequest, SdSource,
+    detect_family,
 };
 use dreamforge_sampling::SamplerKind;
 
@@ -28,9 +31,44 @@ pub fn run(fx: &Fixture, device: &Device) -> Result<Vec<Outcome>, String> {
         SdSource::Diffusers(fx.dir.clone()),
         ComponentOverrides::default(),
     );
-    let pipe = SdPipeline::load(&comps, device).map_err(|e| e.to_string())?;
+    let folder_pipe = SdPipeline::load(&comps, device).map_err(|e| e.to_string())?;
+    let mut single_files: BTreeMap<String, SdPipeline> = BTreeMap::new();
     let mut out = Vec::new();
     for (i, case) in fx.cases.iter().enumerate() {
+        let source = case.extra.get("source").and_then(|s| s.as_str());
+        if let Some(name) = source
+            && !single_files.contains_key(name)
+        {
+            let loaded = (|| -> Result<SdPipeline, String> {
+                let path = fx.dir.join(name);
+                let ModelFamily::Sd(src) = detect_family(&path).map_err(|e| e.to_string())? else {
+                    return Err(format!(
+                        "{name}: not detected as a Stable Diffusion checkpoint"
+                    ));
+                };
+                if !matches!(src, SdSource::SingleFile { .. }) {
+                    return Err(format!("{name}: not detected as a single file"));
+                }
+                let o = ComponentOverrides {
+                    components: Some(fx.dir.clone()),
+                    ..Default::default()
+                };
+                SdPipeline::load(&SdComponents::new(src, o), device).map_err(|e| e.to_string())
+            })();
+            match loaded {
+                Ok(p) => {
+                    single_files.insert(name.to_string(), p);
+                }
+                Err(e) => {
+                    out.push(Outcome::case_error(&fx.name, i, e));
+                    continue;
+                }
+            }
+        }
+        let pipe = match source {
+            Some(name) => &single_files[name],
+            None => &folder_pipe,
+        };
         let r = (|| -> Result<BTreeMap<String, HostTensor>, String> {
             let mode: String = field(case, "mode")?;
             let width: usize = field(case, "width")?;

@@ -12,7 +12,9 @@ kind `sd_pipeline`: each case carries the call arguments (`mode` txt2img | img2i
 `prompt`, `negative_prompt`, `guidance_scale`, `guidance_rescale`, `clip_skip`, `sampler`
 (dreamforge name, or null for the folder's scheduler), `num_inference_steps`, `height`,
 `width`, `num_images`, `strength`, `init_image`, `mask_image`); inputs `latents` or `noise`
-([B, 4, h, w]); outputs `image` ([B, 3, H, W] in [0, 1], output_type="pt").
+([B, 4, h, w]); outputs `image` ([B, 3, H, W] in [0, 1], output_type="pt"). A case with
+`source` repeats an earlier case loading the pipeline from that single-file checkpoint in the
+folder (the same weights in the original LDM / SGM layout) with the folder as components.
 """
 
 import types
@@ -29,6 +31,9 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from common import fresh_dir, perturb, round_to, sanitize_config_file, seeded, write_golden
 from flux_pipeline import tiny_clip_tokenizer
+from safetensors.torch import save_file
+from single_file import check_hf_clip, check_open_clip, check_vae, clip_to_open_clip, ldm_extras, prefixed, text_sd, vae_to_ldm
+from unet import LDM_PREFIX, to_ldm
 
 TOL = {"max_abs": 1e-4, "rel_l2": 1e-5}
 
@@ -78,6 +83,42 @@ def tiny_sdxl_unet():
         block_out_channels=(8, 16), layers_per_block=1, attention_head_dim=(2, 4), transformer_layers_per_block=(1, 2),
         cross_attention_dim=32, norm_num_groups=4, use_linear_projection=True, addition_embed_type="text_time",
         addition_time_embed_dim=4, projection_class_embeddings_input_dim=6 * 4 + 16).eval()
+
+
+def write_single_file(d, name, unet, vae, encoders):
+    """The same components as one original-layout checkpoint (what users download): UNet under
+    `model.diffusion_model.` (F16), VAE under `first_stage_model.` (F16), text encoders in their
+    LDM / SGM layouts (`encoders`: (root, model, open_clip) — F32 CLIP-L, F16 OpenCLIP), plus the
+    schedule tables and EMA counters training checkpoints carry. diffusers' own converters must
+    map it back to the exact component weights."""
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+    ckpt = {}
+    usd = {k: v.half() for k, v in unet.state_dict().items()}
+    ldm = prefixed(LDM_PREFIX, to_ldm(usd, dict(unet.config)))
+    back = convert_ldm_unet_checkpoint(dict(ldm), dict(unet.config))
+    assert set(back) == set(usd) and all(torch.equal(back[k], usd[k]) for k in usd)
+    ckpt.update(ldm)
+    ckpt.update(prefixed("first_stage_model.", vae_to_ldm(vae.state_dict(), len(vae.config.block_out_channels)),
+                         torch.float16))
+    for root, m, open_clip in encoders:
+        if open_clip:
+            ckpt.update(prefixed(root, clip_to_open_clip(text_sd(m), m.config.num_hidden_layers), torch.float16))
+        else:
+            ckpt.update(prefixed(f"{root}text_model.", text_sd(m), torch.float32))
+            ckpt[f"{root}text_model.embeddings.position_ids"] = torch.arange(77, dtype=torch.int64)[None]
+    ckpt.update(ldm_extras())
+    check_vae(ckpt, vae)
+    for root, m, open_clip in encoders:
+        (check_open_clip if open_clip else check_hf_clip)(ckpt, m, root)
+    save_file({k: v.contiguous() for k, v in ckpt.items()}, str(d / name))
+
+
+def single_file_case(cases, index, name):
+    """A copy of case `index` that loads the pipeline from the single file `name` (configs,
+    tokenizers and scheduler from the folder, as `--components` gives them)."""
+    c = dict(cases[index])
+    c["source"] = name
+    cases.append(c)
 
 
 def finish(d, modules):
@@ -227,6 +268,9 @@ def sd_pipeline():
              sampler="dpmpp-2m", height=32, width=32),
     ]
     tensors, cases = run_cases(d, pipes, specs, sched.config)
+    write_single_file(d, "sd_tiny_ldm.safetensors", unet, vae, [("cond_stage_model.transformer.", te, False)])
+    single_file_case(cases, 0, "sd_tiny_ldm.safetensors")
+    single_file_case(cases, 6, "sd_tiny_ldm.safetensors")
     write_golden(d, "sd_pipeline", tensors, cases, TOL)
 
 
@@ -273,6 +317,10 @@ def sdxl_pipeline():
              clip_skip=1, sampler="dpmpp-2m-karras", num_images=2, height=24, width=32),
     ]
     tensors, cases = run_cases(d, {"txt2img": pipe}, specs, sched.config)
+    write_single_file(d, "sdxl_tiny_sgm.safetensors", unet, vae,
+                      [("conditioner.embedders.0.transformer.", te, False),
+                       ("conditioner.embedders.1.model.", te2, True)])
+    single_file_case(cases, 1, "sdxl_tiny_sgm.safetensors")
     write_golden(d, "sd_pipeline", tensors, cases, TOL)
 
 

@@ -32,13 +32,18 @@ fn sample(model: &str, out: &Path, extra: &[&str]) -> std::process::Output {
 /// Runs a golden case of a pipeline fixture through the CLI and compares the PNG with
 /// diffusers' image (within one 8-bit level).
 fn reproduce(fixture: &str, case: usize, noise_key: &str, args: &[&str]) {
+    reproduce_from(&fx(fixture), fixture, case, noise_key, args)
+}
+
+/// As [`reproduce`] with another `--model` (e.g. the fixture's single-file checkpoint).
+fn reproduce_from(model: &str, fixture: &str, case: usize, noise_key: &str, args: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let noise = dir.path().join("noise.safetensors");
     write_golden_tensor(fixture, &format!("case{case}.{noise_key}"), &noise);
     let out = dir.path().join("o");
     let mut extra = vec!["--noise", noise.to_str().unwrap(), "--seed", "0"];
     extra.extend_from_slice(args);
-    let o = sample(&fx(fixture), &out, &extra);
+    let o = sample(model, &out, &extra);
     assert!(o.status.success(), "{}", stderr(&o));
     let files = png_files(&out);
     assert_eq!(files.len(), 1);
@@ -137,6 +142,80 @@ fn sd_text_to_image_img2img_and_inpainting_reproduce_diffusers() {
             mask,
         ],
     );
+}
+
+#[test]
+fn single_file_checkpoints_reproduce_the_diffusers_folder_images() {
+    // The fixture folders hold the same weights as one original-layout file each; with the
+    // folder as --components (configs, tokenizers, scheduler) the images are diffusers'.
+    let sd = fixtures().join("sd_pipeline_tiny/sd_tiny_ldm.safetensors");
+    reproduce_from(
+        sd.to_str().unwrap(),
+        "sd_pipeline_tiny",
+        0,
+        "latents",
+        &[
+            "--components",
+            &fx("sd_pipeline_tiny"),
+            "--prompt",
+            "a photo of a cat",
+            "--negative-prompt",
+            "blurry",
+            "--guidance",
+            "7.5",
+            "--steps",
+            "3",
+            "--width",
+            "32",
+            "--height",
+            "32",
+        ],
+    );
+    let xl = fixtures().join("sdxl_pipeline_tiny/sdxl_tiny_sgm.safetensors");
+    let dir = tempfile::tempdir().unwrap();
+    let noise = dir.path().join("noise.safetensors");
+    write_golden_tensor("sdxl_pipeline_tiny", "case1.latents", &noise);
+    let out = dir.path().join("o");
+    let o = sample(
+        xl.to_str().unwrap(),
+        &out,
+        &[
+            "--components",
+            &fx("sdxl_pipeline_tiny"),
+            "--prompt",
+            "portrait of an astronaut, studio light",
+            "--negative-prompt",
+            "blurry",
+            "--guidance",
+            "6",
+            "--clip-skip",
+            "1",
+            "--sampler",
+            "dpmpp-2m-karras",
+            "--num-images",
+            "2",
+            "--width",
+            "32",
+            "--height",
+            "24",
+            "--steps",
+            "3",
+            "--noise",
+            noise.to_str().unwrap(),
+            "--seed",
+            "0",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (_, golden) = golden_tensor("sdxl_pipeline_tiny", "case1.image");
+    let files = png_files(&out);
+    assert_eq!(files.len(), 2);
+    for (i, f) in files.iter().enumerate() {
+        let (w, h, px, _) = read_png(f);
+        assert_eq!((w, h), (32, 24));
+        let worst = max_level_diff(&px, &golden, i, h, w);
+        assert!(worst <= 1, "SDXL single file image {i}: {worst}");
+    }
 }
 
 #[test]

@@ -314,6 +314,17 @@ pub fn sd_single_file_text_encoders(
     set: &WeightSet,
     variant: SdVariant,
 ) -> Result<Vec<SdTextEncoder>> {
+    sd_single_file_text_encoders_with(set, variant, |_| None)
+}
+
+/// As [`sd_single_file_text_encoders`], with a config supplied per component (`text_encoder`,
+/// `text_encoder_2`) by `given` — e.g. from a diffusers folder, as diffusers'
+/// `from_single_file(config=...)` does — instead of being inferred from shapes.
+pub fn sd_single_file_text_encoders_with(
+    set: &WeightSet,
+    variant: SdVariant,
+    mut given: impl FnMut(&str) -> Option<ClipTextConfig>,
+) -> Result<Vec<SdTextEncoder>> {
     use ClipLayout::{OpenClip, Transformers};
     let wanted: &[(&'static str, &'static str, ClipLayout)] = match variant {
         SdVariant::Sd1 => &[("text_encoder", SD1_CLIP_ROOT, Transformers)],
@@ -340,9 +351,10 @@ pub fn sd_single_file_text_encoders(
                     ),
                 ));
             }
-            let config = match layout {
-                Transformers => infer_hf_clip_config(set, root)?,
-                OpenClip => infer_open_clip_config(set, root)?,
+            let config = match (given(component), layout) {
+                (Some(c), _) => c,
+                (None, Transformers) => infer_hf_clip_config(set, root)?,
+                (None, OpenClip) => infer_open_clip_config(set, root)?,
             };
             Ok(SdTextEncoder {
                 component,

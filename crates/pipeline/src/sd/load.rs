@@ -9,10 +9,10 @@ use burn::tensor::Device;
 
 use dreamforge_core::{Error, Result, WeightSet};
 use dreamforge_models::checkpoint::{self, CheckpointKind, SdVariant};
-use dreamforge_models::text::clip::ClipTextModel;
+use dreamforge_models::text::clip::{ClipTextConfig, ClipTextModel};
 use dreamforge_models::text::tokenizer::TextTokenizer;
 use dreamforge_models::unet::{UNet2DConditionConfig, UNet2DConditionModel};
-use dreamforge_models::vae::AutoencoderKL;
+use dreamforge_models::vae::{AutoencoderKL, AutoencoderKlConfig};
 use dreamforge_sampling::{DdpmConfig, SamplerKind};
 
 use super::{SdFamily, SdPipeline};
@@ -310,14 +310,28 @@ impl SdPipeline {
                     } => (has_vae, has_text_encoders),
                     _ => (false, false),
                 };
+                // As diffusers' `from_single_file(config=...)`: a `--components` folder's
+                // component configs replace what would otherwise be inferred from the keys.
+                let comp_config = |name: &str| -> Option<PathBuf> {
+                    c.root()
+                        .map(|r| r.join(name).join("config.json"))
+                        .filter(|p| p.exists())
+                };
+                let unet_config = match (unet_config, comp_config("unet")) {
+                    (Some(cfg), _) => Some(cfg),
+                    (None, Some(p)) => Some(UNet2DConditionConfig::from_file(&p)?),
+                    (None, None) => None,
+                };
                 let unet = UNet2DConditionModel::from_single_file(&set, unet_config, device)?;
                 let vae = match (&o.vae, c.component(&None, "vae")) {
                     (Some(p), _) => AutoencoderKL::load(p, device)?,
-                    (None, _) if has_vae => AutoencoderKL::from_single_file(
-                        &set,
-                        checkpoint::sd_single_file_vae_config(&set, *variant)?,
-                        device,
-                    )?,
+                    (None, _) if has_vae => {
+                        let cfg = match comp_config("vae") {
+                            Some(p) => AutoencoderKlConfig::from_file(&p)?,
+                            None => checkpoint::sd_single_file_vae_config(&set, *variant)?,
+                        };
+                        AutoencoderKL::from_single_file(&set, cfg, device)?
+                    }
                     (None, Some(p)) => AutoencoderKL::load(&p, device)?,
                     (None, None) => {
                         return Err(Error::format(
@@ -328,7 +342,18 @@ impl SdPipeline {
                 };
                 // The file's own text encoders (diffusers order), unless overridden.
                 let from_file = if has_te {
-                    checkpoint::sd_single_file_text_encoders(&set, *variant)?
+                    let mut bad = None;
+                    let list =
+                        checkpoint::sd_single_file_text_encoders_with(&set, *variant, |n| {
+                            let p = comp_config(n)?;
+                            ClipTextConfig::from_file(&p)
+                                .map_err(|e| bad = Some(e))
+                                .ok()
+                        })?;
+                    if let Some(e) = bad {
+                        return Err(e);
+                    }
+                    list
                 } else {
                     Vec::new()
                 };

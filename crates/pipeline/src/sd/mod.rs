@@ -221,7 +221,7 @@ impl SdPipeline {
         let mut attn = 0u64;
         for (level, t) in u.down_block_types.iter().enumerate() {
             if t.has_attention() {
-                let tokens = px / (vsf * vsf) >> (2 * level);
+                let tokens = (px / (vsf * vsf)) >> (2 * level);
                 let heads = u.heads(level) as u64;
                 attn = attn.max(heads * tokens * tokens * 4 * 2);
                 break;
