@@ -106,3 +106,62 @@ pub fn split_heads(x: Tensor<3>, heads: usize) -> Tensor<4> {
     let [b, s, hd] = x.dims();
     x.reshape([b, s, heads, hd / heads]).swap_dims(1, 2)
 }
+
+/// PyTorch `F.interpolate(x, size, mode="nearest")`: source index `floor(dst · in / out)`
+/// (computed in f32, as PyTorch does). Integer up-scales go through Burn's nearest kernel; other
+/// ratios (a UNet meeting a skip of odd size) gather rows and columns explicitly, because
+/// backends differ in how they round non-integer nearest scales.
+///
+/// # Shapes
+/// `[B, C, H, W]` → `[B, C, size[0], size[1]]`
+pub fn nearest_resize(x: Tensor<4>, size: [usize; 2]) -> Tensor<4> {
+    use burn::tensor::module::interpolate;
+    use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+    let [_, _, h, w] = x.dims();
+    let [oh, ow] = size;
+    if (oh, ow) == (h, w) {
+        return x;
+    }
+    if oh.is_multiple_of(h) && ow.is_multiple_of(w) {
+        return interpolate(
+            x,
+            InterpolateOptions::new(InterpolateMode::Nearest).with_output_size(size),
+        );
+    }
+    let device = x.device();
+    let index = |n_in: usize, n_out: usize| -> Tensor<1, burn::tensor::Int> {
+        let scale = n_in as f32 / n_out as f32;
+        let idx: Vec<i64> = (0..n_out)
+            .map(|d| ((d as f32 * scale).floor() as i64).min(n_in as i64 - 1))
+            .collect();
+        Tensor::from_data(TensorData::new(idx, [n_out]), &device)
+    };
+    x.select(2, index(h, oh)).select(3, index(w, ow))
+}
+
+#[cfg(test)]
+mod nearest_tests {
+    use super::*;
+
+    #[test]
+    fn nearest_resize_matches_pytorch_indexing() {
+        let device = Device::default();
+        let x = Tensor::<4>::from_data(
+            TensorData::new((0..6).map(|v| v as f32).collect::<Vec<_>>(), [1, 1, 2, 3]),
+            &device,
+        );
+        // torch.nn.functional.interpolate(x, size=(3, 5)): rows [0, 0, 1], cols [0, 0, 1, 1, 2]
+        let y: Vec<f32> = nearest_resize(x.clone(), [3, 5])
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        assert_eq!(
+            y,
+            vec![
+                0.0, 0.0, 1.0, 1.0, 2.0, 0.0, 0.0, 1.0, 1.0, 2.0, 3.0, 3.0, 4.0, 4.0, 5.0
+            ]
+        );
+        let y2: Vec<f32> = nearest_resize(x, [4, 6]).into_data().try_to_vec::<f32>().unwrap();
+        assert_eq!(&y2[..6], &[0.0, 0.0, 1.0, 1.0, 2.0, 2.0]);
+    }
+}

@@ -6,8 +6,6 @@
 
 use burn::module::Module;
 use burn::tensor::Tensor;
-use burn::tensor::module::interpolate;
-use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 
 use dreamforge_core::{Result, WeightLoader};
 
@@ -34,11 +32,7 @@ impl Upsample2D {
     /// `[B, C, H, W]` → `[B, C, size[0], size[1]]` (`size` = `[2H, 2W]` for sizes divisible by
     /// the total downscale)
     pub fn forward(&self, x: Tensor<4>, size: [usize; 2]) -> Tensor<4> {
-        let up = interpolate(
-            x,
-            InterpolateOptions::new(InterpolateMode::Nearest).with_output_size(size),
-        );
-        self.conv.forward(up)
+        self.conv.forward(crate::layers::nearest_resize(x, size))
     }
 }
 
