@@ -3,6 +3,13 @@ script on the same machine with the same thread count, then prints a markdown ta
 medians, ratios and achieved GFLOP/s against the measured f32 matmul peak.
 
     RAYON_NUM_THREADS=2 python tools/bench/compare.py --threads 2 [--tokens 256,1024,4096]
+    RAYON_NUM_THREADS=2 python tools/bench/compare.py --suite unet --threads 2
+
+`--suite flux` (the default): benches/flux_blocks.rs vs tools/bench/flux_blocks.py.
+`--suite unet`: benches/unet_blocks.rs vs tools/bench/unet_blocks.py (SD UNet ResnetBlock2D,
+Transformer2DModel, full UNet2DConditionModel step; same F16 random weights on both sides). Its
+FLOPs, parameters and activation bytes come from target/criterion/unet_blocks_cases.json (written
+by the bench) and are checked against torch's FlopCounterMode.
 
 Run on an otherwise idle machine; paste the table into BENCHMARKS.md with the date and machine.
 """
@@ -34,13 +41,30 @@ def criterion_median(group, name):
 
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--suite", choices=["flux", "unet"], default="flux")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--width", type=int, default=3072)
-    ap.add_argument("--text", type=int, default=512)
-    ap.add_argument("--tokens", default="256,1024,4096")
+    ap.add_argument("--width", type=int, default=3072, help="flux: block width")
+    ap.add_argument("--text", type=int, default=None, help="text tokens (flux 512, unet 77)")
+    ap.add_argument("--tokens", default="256,1024,4096", help="flux: image-token counts")
+    ap.add_argument("--resnets", default="320x64,640x32", help="unet: ResnetBlock2D CxS list")
+    ap.add_argument("--temb", type=int, default=1280, help="unet: resnet time-embedding width")
+    ap.add_argument("--transformers", default="320:8:64:1:768:conv,640:10:32:2:2048:linear",
+                    help="unet: Transformer2DModel C:heads:side:layers:context_dim:conv|linear list")
+    ap.add_argument("--channels", default="320,640,1280,1280", help="unet: full UNet block_out_channels, or none")
+    ap.add_argument("--side", type=int, default=32, help="unet: full UNet latent side")
+    ap.add_argument("--batch", type=int, default=2, help="unet: full UNet batch (2 = one CFG step)")
+    ap.add_argument("--cross", type=int, default=768, help="unet: cross_attention_dim")
+    ap.add_argument("--heads", type=int, default=8, help="unet: attention_head_dim (heads, SD1.x)")
+    ap.add_argument("--matmul", type=int, default=2048, help="unet: side of the peak matmul")
+    ap.add_argument("--runs", type=int, default=10, help="unet: torch timed runs per block")
+    ap.add_argument("--unet-runs", type=int, default=5, help="unet: torch timed runs of the full UNet")
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--skip-rust", action="store_true")
     a = ap.parse_args()
+    if a.suite == "unet":
+        a.text = 77 if a.text is None else a.text
+        return main_unet(a)
+    a.text = 512 if a.text is None else a.text
     env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads), DREAMFORGE_BENCH_WIDTH=str(a.width),
                DREAMFORGE_BENCH_TEXT=str(a.text), DREAMFORGE_BENCH_TOKENS=a.tokens)
     if not a.skip_rust:
@@ -64,6 +88,78 @@ def main():
             t = torch_out[f"{block}_{l}"]
             g = f / r / 1e9
             print(f"| {block} | {l} | {f / 1e9:.1f} | {r * 1e3:.0f} | {t * 1e3:.0f} | {r / t:.2f} | {g:.0f} | {100 * g / peak:.0f}% |")
+
+
+def parse_transformer(s):
+    c, heads, side, layers, ctx, proj = s.split(":")
+    return dict(c=int(c), heads=int(heads), side=int(side), layers=int(layers), ctx=int(ctx), proj=proj)
+
+
+def main_unet(a):
+    env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads), DREAMFORGE_BENCH_UNET_RESNETS=a.resnets,
+               DREAMFORGE_BENCH_UNET_TEMB=str(a.temb), DREAMFORGE_BENCH_UNET_TRANSFORMERS=a.transformers,
+               DREAMFORGE_BENCH_UNET_TEXT=str(a.text), DREAMFORGE_BENCH_UNET_CHANNELS=a.channels,
+               DREAMFORGE_BENCH_UNET_SIDE=str(a.side), DREAMFORGE_BENCH_UNET_BATCH=str(a.batch),
+               DREAMFORGE_BENCH_UNET_CROSS=str(a.cross), DREAMFORGE_BENCH_UNET_HEADS=str(a.heads),
+               DREAMFORGE_BENCH_UNET_MATMUL=str(a.matmul), DREAMFORGE_BENCH_UNET_BLOCK_BATCH="1")
+    if not a.skip_rust:
+        subprocess.run(["cargo", "bench", "--bench", "unet_blocks"], cwd=ROOT, env=env, check=True)
+    torch_out = json.loads(subprocess.run(
+        [a.python, str(ROOT / "tools/bench/unet_blocks.py"), "--threads", str(a.threads), "--resnets", a.resnets,
+         "--temb", str(a.temb), "--transformers", a.transformers, "--text", str(a.text), "--channels", a.channels,
+         "--side", str(a.side), "--batch", str(a.batch), "--cross", str(a.cross), "--heads", str(a.heads),
+         "--matmul", str(a.matmul), "--runs", str(a.runs), "--unet-runs", str(a.unet_runs),
+         "--weights-dir", str(ROOT / "target" / "bench-weights")],
+        check=True, capture_output=True, text=True).stdout)
+    cases = {c["id"]: c for c in json.loads((ROOT / "target" / "criterion" / "unet_blocks_cases.json").read_text())}
+
+    n = a.matmul
+    mm_id = f"unet_matmul_peak/f32_{n}"
+    mm_rust = criterion_median(*mm_id.split("/"))
+    mm_torch = torch_out[mm_id]
+    peak = 2 * n ** 3 / mm_rust / 1e9
+    print(f"f32 matmul {n}^3: dreamforge {mm_rust * 1e3:.1f} ms ({peak:.0f} GFLOP/s), "
+          f"torch {mm_torch * 1e3:.1f} ms ({2 * n ** 3 / mm_torch / 1e9:.0f} GFLOP/s)\n")
+
+    rows = []
+    for s in [s for s in a.resnets.split(",") if s.strip()]:
+        c, side = (int(v) for v in s.split("x"))
+        rows.append((f"unet_resnet/c{c}_s{side}", "ResnetBlock2D",
+                     f"{c}→{c} ch, {side}×{side}, temb {a.temb}, batch 1"))
+    for s in [s for s in a.transformers.split(",") if s.strip()]:
+        t = parse_transformer(s)
+        name = f"c{t['c']}_h{t['heads']}_s{t['side']}_l{t['layers']}_x{t['ctx']}_{t['proj']}"
+        rows.append((f"unet_transformer/{name}", "Transformer2DModel",
+                     f"{t['c']} ch, {t['heads']}×{t['c'] // t['heads']} heads, {t['side'] ** 2} tokens, "
+                     f"{t['layers']} block{'s' if t['layers'] > 1 else ''}, context {a.text}×{t['ctx']}, "
+                     f"{t['proj']} proj, batch 1"))
+    if a.channels.strip() != "none":
+        tag = "-".join(a.channels.split(","))
+        rows.append((f"unet_full/c{tag}_s{a.side}_b{a.batch}", "UNet2DConditionModel",
+                     f"channels {tag}, {a.side}×{a.side} latent, context {a.text}×{a.cross}, batch {a.batch}"))
+
+    print("| unit | config | GFLOP | weights MB | in+out MB | FLOP/byte | dreamforge ms | torch ms "
+          "| dreamforge / torch | dreamforge GFLOP/s | torch GFLOP/s | % of matmul peak |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    mismatches = []
+    for cid, unit, config in rows:
+        c = cases[cid]
+        f = c["flops"]
+        counted = torch_out.get("flops:" + cid)
+        if counted is not None and abs(counted - f) > 1e-6 * f:
+            mismatches.append(f"{cid}: analytic {f / 1e9:.3f} GFLOP, torch FlopCounterMode {counted / 1e9:.3f}")
+        wb = 4 * c["params"]
+        r = criterion_median(*cid.split("/"))
+        t = torch_out[cid]
+        g = f / r / 1e9
+        print(f"| {unit} | {config} | {f / 1e9:.1f} | {wb / 1e6:.1f} | {c['act_bytes'] / 1e6:.1f} "
+              f"| {f / (wb + c['act_bytes']):.0f} | {r * 1e3:.0f} | {t * 1e3:.0f} | {r / t:.2f} | {g:.0f} "
+              f"| {f / t / 1e9:.0f} | {100 * g / peak:.0f}% |")
+    print()
+    if mismatches:
+        print("FLOP count mismatches (analytic vs torch FlopCounterMode):\n" + "\n".join(mismatches))
+    else:
+        print("FLOP counts: the analytic counts equal torch FlopCounterMode's for every row.")
 
 
 if __name__ == "__main__":

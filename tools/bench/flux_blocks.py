@@ -7,23 +7,13 @@ image-token counts. Prints one JSON object: {"<block>_<tokens>": median_seconds,
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 from diffusers.models.embeddings import FluxPosEmbed
 from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock, FluxTransformerBlock
+from timing import median_time
 
 
-def median_time(fn, warmup, runs):
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
 
 
 @torch.no_grad()

@@ -161,7 +161,10 @@ mod nearest_tests {
                 0.0, 0.0, 1.0, 1.0, 2.0, 0.0, 0.0, 1.0, 1.0, 2.0, 3.0, 3.0, 4.0, 4.0, 5.0
             ]
         );
-        let y2: Vec<f32> = nearest_resize(x, [4, 6]).into_data().try_to_vec::<f32>().unwrap();
+        let y2: Vec<f32> = nearest_resize(x, [4, 6])
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
         assert_eq!(&y2[..6], &[0.0, 0.0, 1.0, 1.0, 2.0, 2.0]);
     }
 }
