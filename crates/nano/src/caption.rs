@@ -1,0 +1,269 @@
+//! Captions of the nano world and their parser. `caption` writes the one exact caption of a
+//! scene ("a small red circle on a blue background, top left"; "a small red circle and a small
+//! green star on an orange background" — left then right). `parse` reads a prompt back into the
+//! attributes it states (unstated ones stay open), accepting any word order the grammar's
+//! phrases allow, and rejects words outside the world, listing them and the vocabulary: the nano
+//! model only knows its world.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::scene::{Colour, Position, Scene, Shape, Size};
+
+/// The exact caption of `scene`.
+pub fn caption(scene: &Scene) -> String {
+    let objs: Vec<String> = scene
+        .objects
+        .iter()
+        .map(|o| format!("a {} {} {}", o.size.word(), o.colour.word(), o.shape.word()))
+        .collect();
+    let bg = scene.background.word();
+    let article = if bg.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    };
+    let mut s = format!("{} on {article} {bg} background", objs.join(" and "));
+    if scene.objects.len() == 1 {
+        s.push_str(", ");
+        s.push_str(scene.position.word());
+    }
+    s
+}
+
+/// One object a prompt asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjSpec {
+    pub shape: Shape,
+    pub colour: Option<Colour>,
+    pub size: Option<Size>,
+}
+
+/// What a prompt states; `None` = left open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromptSpec {
+    pub objects: Vec<ObjSpec>,
+    pub background: Option<Colour>,
+    pub position: Option<Position>,
+}
+
+impl PromptSpec {
+    /// True when `scene` satisfies every stated attribute (objects in order).
+    pub fn matches(&self, scene: &Scene) -> bool {
+        self.objects.len() == scene.objects.len()
+            && self.objects.iter().zip(&scene.objects).all(|(p, o)| {
+                p.shape == o.shape
+                    && p.colour.is_none_or(|c| c == o.colour)
+                    && p.size.is_none_or(|s| s == o.size)
+            })
+            && self.background.is_none_or(|b| b == scene.background)
+            && (scene.objects.len() != 1 || self.position.is_none_or(|p| p == scene.position))
+    }
+}
+
+/// Why a prompt is outside the nano world.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error(
+        "the nano model only knows its own world; unknown word(s): {}. Its words: {}",
+        .unknown.join(", "),
+        vocabulary().join(" ")
+    )]
+    UnknownWords { unknown: Vec<String> },
+    #[error("the prompt names no shape (one of: {})", Shape::ALL.iter().map(|s| s.word()).collect::<Vec<_>>().join(", "))]
+    NoShape,
+    #[error("the nano world has at most two objects per scene (the prompt names {0})")]
+    TooManyObjects(usize),
+    #[error("`{0}` is not followed by `background`, or a colour is stated twice for one object")]
+    Dangling(String),
+}
+
+const GLUE: &[&str] = &["a", "an", "and", "on", "the", "background", "in", "with"];
+const PLACES: &[&str] = &["center", "centre", "top", "bottom", "left", "right"];
+
+/// Every word the nano world knows, sorted.
+pub fn vocabulary() -> Vec<&'static str> {
+    let mut v: BTreeSet<&'static str> = GLUE.iter().chain(PLACES).copied().collect();
+    v.extend(Shape::ALL.iter().map(|s| s.word()));
+    v.extend(Colour::ALL.iter().map(|c| c.word()));
+    v.extend(Size::ALL.iter().map(|s| s.word()));
+    v.into_iter().collect()
+}
+
+fn words(prompt: &str) -> Vec<String> {
+    prompt
+        .to_lowercase()
+        .split(|c: char| c.is_whitespace() || matches!(c, ',' | '.' | ';' | ':' | '!'))
+        .filter(|w| !w.is_empty())
+        .map(|w| match w {
+            // Plural-free singulars people type.
+            "centre" => "center".to_string(),
+            other => other.to_string(),
+        })
+        .collect()
+}
+
+/// Reads the attributes a prompt states.
+pub fn parse(prompt: &str) -> Result<PromptSpec, ParseError> {
+    let ws = words(prompt);
+    let vocab = vocabulary();
+    let unknown: Vec<String> = ws
+        .iter()
+        .filter(|w| !vocab.contains(&w.as_str()))
+        .cloned()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if !unknown.is_empty() {
+        return Err(ParseError::UnknownWords { unknown });
+    }
+    let mut objects = Vec::new();
+    let mut colour = None;
+    let mut size = None;
+    let mut background = None;
+    let mut vertical = None;
+    let mut horizontal = None;
+    let mut center = false;
+    for (i, w) in ws.iter().enumerate() {
+        let w = w.as_str();
+        if let Some(s) = Shape::from_word(w) {
+            objects.push(ObjSpec {
+                shape: s,
+                colour: colour.take(),
+                size: size.take(),
+            });
+        } else if let Some(c) = Colour::from_word(w) {
+            if ws.get(i + 1).is_some_and(|n| n == "background") {
+                background = Some(c);
+            } else if colour.replace(c).is_some() {
+                return Err(ParseError::Dangling(w.to_string()));
+            }
+        } else if let Some(s) = Size::from_word(w) {
+            size = Some(s);
+        } else {
+            match w {
+                "top" => vertical = Some(true),
+                "bottom" => vertical = Some(false),
+                "left" => horizontal = Some(true),
+                "right" => horizontal = Some(false),
+                "center" => center = true,
+                _ => {}
+            }
+        }
+    }
+    if objects.is_empty() {
+        return Err(ParseError::NoShape);
+    }
+    // Attributes after the last shape ("star, large, yellow") describe it.
+    let last = objects.last_mut().expect("non-empty");
+    if let Some(c) = colour {
+        if last.colour.is_some() {
+            return Err(ParseError::Dangling(c.word().to_string()));
+        }
+        last.colour = Some(c);
+    }
+    if let Some(sz) = size {
+        last.size.get_or_insert(sz);
+    }
+    if objects.len() > 2 {
+        return Err(ParseError::TooManyObjects(objects.len()));
+    }
+    let position = match (vertical, horizontal, center) {
+        (Some(true), Some(true), _) => Some(Position::TopLeft),
+        (Some(true), Some(false), _) => Some(Position::TopRight),
+        (Some(false), Some(true), _) => Some(Position::BottomLeft),
+        (Some(false), Some(false), _) => Some(Position::BottomRight),
+        (None, None, true) => Some(Position::Center),
+        _ => None,
+    };
+    Ok(PromptSpec {
+        objects,
+        background,
+        position,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scene::sample_scene;
+
+    #[test]
+    fn every_caption_parses_back_to_its_scene() {
+        let orange = Scene {
+            objects: vec![crate::scene::Obj {
+                shape: Shape::Star,
+                colour: Colour::Purple,
+                size: Size::Large,
+            }],
+            position: Position::TopRight,
+            background: Colour::Orange,
+        };
+        assert_eq!(
+            caption(&orange),
+            "a large purple star on an orange background, top right"
+        );
+        for seed in 0..3000 {
+            let s = sample_scene(seed, None);
+            let c = caption(&s);
+            let p = parse(&c).unwrap_or_else(|e| panic!("{c}: {e}"));
+            assert!(p.matches(&s), "{c} → {p:?}");
+            assert_eq!(p.objects.len(), s.objects.len());
+            assert!(
+                p.objects
+                    .iter()
+                    .all(|o| o.colour.is_some() && o.size.is_some())
+            );
+            assert!(p.background.is_some());
+            if s.objects.len() == 1 {
+                assert_eq!(p.position, Some(s.position), "{c}");
+            }
+        }
+    }
+
+    #[test]
+    fn open_attributes_and_free_phrasing() {
+        let p = parse("A red circle on a blue background").unwrap();
+        assert_eq!(p.objects[0].shape, Shape::Circle);
+        assert_eq!(p.objects[0].colour, Some(Colour::Red));
+        assert_eq!((p.objects[0].size, p.position), (None, None));
+        assert_eq!(p.background, Some(Colour::Blue));
+        let p = parse("star, large, yellow, top right").unwrap();
+        assert_eq!(p.objects[0].size, Some(Size::Large));
+        assert_eq!(p.position, Some(Position::TopRight));
+        assert_eq!(
+            parse("a ring in the centre").unwrap().position,
+            Some(Position::Center)
+        );
+    }
+
+    #[test]
+    fn words_outside_the_world_are_listed_with_the_vocabulary() {
+        let e = parse("a photo of a red cat on the beach").unwrap_err();
+        let msg = e.to_string();
+        assert_eq!(
+            e,
+            ParseError::UnknownWords {
+                unknown: vec!["beach".into(), "cat".into(), "of".into(), "photo".into()]
+            }
+        );
+        assert!(msg.contains("only knows its own world") && msg.contains("hexagon"));
+        assert_eq!(
+            parse("a red on a blue background"),
+            Err(ParseError::NoShape)
+        );
+        assert!(matches!(
+            parse("a circle and a star and a ring"),
+            Err(ParseError::TooManyObjects(3))
+        ));
+        assert!(matches!(
+            parse("a blue circle red"),
+            Err(ParseError::Dangling(_))
+        ));
+        assert_eq!(
+            parse("a circle red").unwrap().objects[0].colour,
+            Some(Colour::Red)
+        );
+    }
+}

@@ -1,0 +1,13 @@
+//! dreamforge-nano: the nano world (shared/design/NANO.md) — procedurally rendered scenes of
+//! simple shapes with exact captions, deterministic from a seed so data never needs storing;
+//! the caption grammar, its vocabulary and parser (prompts → attributes for the judge and for
+//! warning about words outside the world); and the held-out split of attribute combinations
+//! used to measure prompt fidelity on prompts the model never saw.
+
+pub mod caption;
+pub mod render;
+pub mod scene;
+
+pub use caption::{ParseError, caption, parse, vocabulary};
+pub use render::render;
+pub use scene::{Colour, Obj, Position, Scene, Shape, Size, held_out, sample_scene};
