@@ -1,8 +1,11 @@
-//! dreamforge-train: the trainer shared by nano pretraining and subject fine-tuning. This first
-//! part holds its pure pieces — learning-rate schedules and training-timestep sampling — as
-//! serde-configurable values (they are part of a run config and of every checkpoint).
+//! dreamforge-train: the trainer shared by nano pretraining and subject fine-tuning — the
+//! functional train step over Burn autodiff, training objectives for every parameterization,
+//! learning-rate schedules and training-timestep sampling (serde values: part of a run config
+//! and of every checkpoint), atomic checkpoints with exact resume, and the JSONL loss log.
 
 pub mod checkpoint;
+pub mod log;
+pub mod objective;
 pub mod schedule;
 pub mod step;
 pub mod timesteps;

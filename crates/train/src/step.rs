@@ -23,7 +23,7 @@ mod tests {
     use super::*;
     use burn::nn::{Linear, LinearConfig};
     use burn::optim::AdamWConfig;
-    use burn::tensor::{Device, Distribution};
+    use burn::tensor::Device;
     use serde::{Deserialize, Serialize};
 
     #[derive(Module, Debug)]
@@ -32,12 +32,38 @@ mod tests {
         b: Linear,
     }
 
+    /// Host-seeded values (the device RNG is shared by concurrently running tests).
+    fn host_randn(seed: u64, n: usize, scale: f32) -> Vec<f32> {
+        use rand::SeedableRng;
+        use rand_distr::{Distribution, StandardNormal};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..n)
+            .map(|_| {
+                let z: f32 = StandardNormal.sample(&mut rng);
+                z * scale
+            })
+            .collect()
+    }
+
+    fn linear(d_in: usize, d_out: usize, seed: u64, device: &Device) -> Linear {
+        let mut l = LinearConfig::new(d_in, d_out).init(device);
+        let w = host_randn(seed, d_in * d_out, (1.0 / d_in as f32).sqrt());
+        l.weight = burn::module::Param::from_tensor(Tensor::from_data(
+            burn::tensor::TensorData::new(w, [d_in, d_out]),
+            device,
+        ));
+        l.bias = Some(burn::module::Param::from_tensor(Tensor::from_data(
+            burn::tensor::TensorData::new(host_randn(seed + 50, d_out, 0.1), [d_out]),
+            device,
+        )));
+        l
+    }
+
     impl Mlp {
-        fn new(device: &Device) -> Self {
-            device.seed(3);
+        fn new(device: &Device, seed: u64) -> Self {
             Self {
-                a: LinearConfig::new(4, 16).init(device),
-                b: LinearConfig::new(16, 1).init(device),
+                a: linear(4, 16, seed, device),
+                b: linear(16, 1, seed + 1, device),
             }
         }
         fn forward(&self, x: Tensor<2>) -> Tensor<2> {
@@ -47,8 +73,10 @@ mod tests {
     }
 
     fn data(device: &Device, i: u64) -> (Tensor<2>, Tensor<2>) {
-        device.seed(100 + i);
-        let x = Tensor::<2>::random([32, 4], Distribution::Normal(0.0, 1.0), device);
+        let x = Tensor::<2>::from_data(
+            burn::tensor::TensorData::new(host_randn(100 + i, 32 * 4, 1.0), [32, 4]),
+            device,
+        );
         let y = x.clone().sin().sum_dim(1);
         (x, y)
     }
@@ -80,7 +108,7 @@ mod tests {
     fn loss_decreases_and_resume_continues_exactly() {
         let d = Device::flex().autodiff();
         let mut optim = AdamWConfig::new().init();
-        let (_, straight) = run(Mlp::new(&d), &mut optim, 0, 60, &d);
+        let (_, straight) = run(Mlp::new(&d, 3), &mut optim, 0, 60, &d);
         assert!(
             straight[59] < 0.3 * straight[0],
             "{} → {}",
@@ -91,15 +119,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ck = dir.path().join("ckpt");
         let mut optim = AdamWConfig::new().init();
-        let (m, first) = run(Mlp::new(&d), &mut optim, 0, 30, &d);
+        let (m, first) = run(Mlp::new(&d, 3), &mut optim, 0, 30, &d);
         crate::checkpoint::save(&ck, &m, &optim, &State { step: 30 }).unwrap();
         drop((m, optim));
         // A fresh process would build a new model (new parameter ids) and optimizer.
-        d.seed(999);
-        let fresh = Mlp {
-            a: LinearConfig::new(4, 16).init(&d),
-            b: LinearConfig::new(16, 1).init(&d),
-        };
+        let fresh = Mlp::new(&d, 999);
         let (m, mut optim, st): (Mlp, _, State) =
             crate::checkpoint::load(&ck, fresh, AdamWConfig::new().init()).unwrap();
         assert_eq!(st.step, 30);
