@@ -6,11 +6,13 @@
 pub mod checkpoint;
 pub mod log;
 pub mod objective;
+pub mod rng;
 pub mod schedule;
 pub mod step;
 pub mod timesteps;
 
 pub use checkpoint::CheckpointError;
+pub use rng::RngState;
 pub use schedule::{LrSchedule, ScheduleKind};
 pub use step::train_step;
 pub use timesteps::TimestepSampling;
