@@ -6,12 +6,14 @@
 pub mod checkpoint;
 pub mod log;
 pub mod objective;
+pub mod optim;
 pub mod rng;
 pub mod schedule;
 pub mod step;
 pub mod timesteps;
 
 pub use checkpoint::CheckpointError;
+pub use optim::OptimizerConfig;
 pub use rng::RngState;
 pub use schedule::{LrSchedule, ScheduleKind};
 pub use step::train_step;
