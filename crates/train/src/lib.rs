@@ -16,5 +16,5 @@ pub use checkpoint::CheckpointError;
 pub use optim::OptimizerConfig;
 pub use rng::RngState;
 pub use schedule::{LrSchedule, ScheduleKind};
-pub use step::train_step;
+pub use step::{NonFiniteLoss, train_step};
 pub use timesteps::TimestepSampling;

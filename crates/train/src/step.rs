@@ -1,21 +1,32 @@
 //! The functional train step over Burn autodiff: loss → backward → gradients by parameter →
-//! optimizer update, returning the updated model and the loss value.
+//! optimizer update, returning the updated model and the loss value. A NaN or infinite loss
+//! makes no update (the model comes back unchanged) and is reported, so the run can stop with
+//! its last good checkpoint.
 
 use burn::module::Module;
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::Tensor;
 
+/// A loss that is not a finite number; no update was made.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+#[error("the loss is {0}: training stopped without applying this step")]
+pub struct NonFiniteLoss(pub f32);
+
 /// One optimizer step at learning rate `lr`; `loss` computes a scalar loss from the model.
+/// Returns the updated model and the loss, or the unchanged model and the non-finite loss.
 pub fn train_step<M: Module>(
     model: M,
     optim: &mut ModuleOptimizer,
     lr: f64,
     loss: impl FnOnce(&M) -> Tensor<1>,
-) -> (M, f32) {
+) -> (M, Result<f32, NonFiniteLoss>) {
     let l = loss(&model);
     let value = l.clone().into_scalar::<f32>();
+    if !value.is_finite() {
+        return (model, Err(NonFiniteLoss(value)));
+    }
     let grads = GradientsParams::from_grads(l.backward(), &model);
-    (optim.step(lr, model, grads), value)
+    (optim.step(lr, model, grads), Ok(value))
 }
 
 #[cfg(test)]
@@ -94,9 +105,23 @@ mod tests {
             let (x, y) = data(d, i);
             let (next, l) = train_step(m, optim, 1e-2, |m| (m.forward(x) - y).square().mean());
             m = next;
-            losses.push(l);
+            losses.push(l.expect("finite"));
         }
         (m, losses)
+    }
+
+    #[test]
+    fn a_non_finite_loss_makes_no_update() {
+        let d = Device::flex().autodiff();
+        let mut optim = AdamWConfig::new().init();
+        let m = Mlp::new(&d, 5);
+        let before: Vec<f32> = m.a.weight.val().into_data().try_to_vec().unwrap();
+        let (x, _) = data(&d, 0);
+        let (m, r) = train_step(m, &mut optim, 1e-2, |m| m.forward(x).mean() / 0.0);
+        let after: Vec<f32> = m.a.weight.val().into_data().try_to_vec().unwrap();
+        assert!(matches!(r, Err(NonFiniteLoss(v)) if !v.is_finite()));
+        assert_eq!(before, after);
+        assert!(r.unwrap_err().to_string().contains("training stopped"));
     }
 
     #[derive(Serialize, Deserialize)]
