@@ -4,6 +4,7 @@
 //! and of every checkpoint), atomic checkpoints with exact resume, and the JSONL loss log.
 
 pub mod checkpoint;
+pub mod freeze;
 pub mod log;
 pub mod objective;
 pub mod optim;
@@ -13,6 +14,7 @@ pub mod step;
 pub mod timesteps;
 
 pub use checkpoint::CheckpointError;
+pub use freeze::train_only;
 pub use optim::OptimizerConfig;
 pub use rng::RngState;
 pub use schedule::{LrSchedule, ScheduleKind};
