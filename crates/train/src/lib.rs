@@ -18,5 +18,5 @@ pub use freeze::train_only;
 pub use optim::OptimizerConfig;
 pub use rng::RngState;
 pub use schedule::{LrSchedule, ScheduleKind};
-pub use step::{NonFiniteLoss, train_step};
+pub use step::{NonFiniteLoss, train_step, train_step_accumulated};
 pub use timesteps::TimestepSampling;
