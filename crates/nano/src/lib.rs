@@ -5,6 +5,7 @@
 //! used to measure prompt fidelity on prompts the model never saw.
 
 pub mod caption;
+pub mod judge;
 pub mod render;
 pub mod scene;
 
