@@ -79,20 +79,13 @@ pub(crate) fn run(
         }
     }
     let bar = ctx.bar(a.quiet, req.steps);
-    let out = pipe.generate(&req, |info| {
-        bar.set_length(info.total as u64);
-        bar.set_position(info.step as u64);
-        bar.set_message(format!("σ={:.3}", info.sigma));
-        !ctx.stopped()
-    })?;
+    let out = pipe.generate(&req, ctx.on_step(&bar))?;
     bar.finish_and_clear();
     let Some(out) = out else {
         return Ok(None);
     };
     let model = model_name(&a.model);
-    let noise_file = a.noise.as_ref().map(|p| p.display().to_string());
-    let device = ctx.spec.to_string();
-    let model_path = a.model.display().to_string();
+    let common = ctx.metadata(a);
     let r2 = req.clone();
     let steps = req.steps;
     Ok(Some(Rendered {
@@ -101,7 +94,7 @@ pub(crate) fn run(
         parameters: Box::new(move |seed| a1111_parameters(&req, seed, &model, distilled)),
         json: Box::new(move |seed| {
             let init = r2.init.as_ref();
-            serde_json::json!({
+            let mut v = serde_json::json!({
                 "family": "flux",
                 "prompt": r2.prompt,
                 "negative_prompt": r2.negative_prompt,
@@ -113,14 +106,14 @@ pub(crate) fn run(
                 "width": r2.width,
                 "height": r2.height,
                 "max_sequence_length": r2.max_sequence_length,
-                "noise_file": noise_file,
                 "init_image": init.map(|i| i.image_path.display().to_string()),
                 "mask": init.and_then(|i| i.mask_path.as_ref().map(|m| m.display().to_string())),
                 "strength": init.map(|i| i.strength),
-                "model": model_path,
-                "device": device,
-                "dreamforge_version": env!("CARGO_PKG_VERSION"),
-            })
+            });
+            if let Some(o) = v.as_object_mut() {
+                o.extend(common.clone());
+            }
+            v
         }),
         steps,
     }))

@@ -152,6 +152,35 @@ impl Ctx {
     pub fn stopped(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
     }
+
+    /// The sampler's step callback: moves `bar`, shows σ, and returns false after Ctrl-C.
+    pub fn on_step<'a>(
+        &'a self,
+        bar: &'a ProgressBar,
+    ) -> impl FnMut(dreamforge_sampling::StepInfo) -> bool + 'a {
+        move |info| {
+            bar.set_length(info.total as u64);
+            bar.set_position(info.step as u64);
+            bar.set_message(format!("σ={:.3}", info.sigma));
+            !self.stopped()
+        }
+    }
+
+    /// The JSON metadata every image carries whatever the family.
+    pub fn metadata(&self, a: &SampleArgs) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = serde_json::Map::new();
+        m.insert(
+            "noise_file".into(),
+            a.noise.as_ref().map(|p| p.display().to_string()).into(),
+        );
+        m.insert("model".into(), a.model.display().to_string().into());
+        m.insert("device".into(), self.spec.to_string().into());
+        m.insert(
+            "dreamforge_version".into(),
+            env!("CARGO_PKG_VERSION").into(),
+        );
+        m
+    }
 }
 
 pub fn run(a: SampleArgs) -> anyhow::Result<()> {
