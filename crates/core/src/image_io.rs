@@ -58,14 +58,10 @@ impl RgbImage {
         if (width, height) == (self.width, self.height) {
             return self.clone();
         }
-        let buf = image::RgbImage::from_raw(self.width, self.height, self.pixels.clone())
-            .expect("pixel buffer matches the dimensions");
-        let out =
-            image::imageops::resize(&buf, width, height, image::imageops::FilterType::Lanczos3);
         Self {
             width,
             height,
-            pixels: out.into_raw(),
+            pixels: lanczos::<image::Rgb<u8>>(&self.pixels, self.width, self.height, width, height),
         }
     }
 
@@ -107,14 +103,16 @@ impl GrayImage {
         if (width, height) == (self.width, self.height) {
             return self.clone();
         }
-        let buf = image::GrayImage::from_raw(self.width, self.height, self.pixels.clone())
-            .expect("pixel buffer matches the dimensions");
-        let out =
-            image::imageops::resize(&buf, width, height, image::imageops::FilterType::Lanczos3);
         Self {
             width,
             height,
-            pixels: out.into_raw(),
+            pixels: lanczos::<image::Luma<u8>>(
+                &self.pixels,
+                self.width,
+                self.height,
+                width,
+                height,
+            ),
         }
     }
 
@@ -125,6 +123,25 @@ impl GrayImage {
             .map(|&p| if p as f32 / 255.0 >= 0.5 { 1.0 } else { 0.0 })
             .collect()
     }
+}
+
+/// Lanczos-3 resize of 8-bit pixels of type `P` (row-major, interleaved).
+fn lanczos<P: image::Pixel<Subpixel = u8> + 'static>(
+    pixels: &[u8],
+    width: u32,
+    height: u32,
+    new_width: u32,
+    new_height: u32,
+) -> Vec<u8> {
+    let buf = image::ImageBuffer::<P, Vec<u8>>::from_raw(width, height, pixels.to_vec())
+        .expect("pixel buffer matches the dimensions");
+    image::imageops::resize(
+        &buf,
+        new_width,
+        new_height,
+        image::imageops::FilterType::Lanczos3,
+    )
+    .into_raw()
 }
 
 fn open_image(path: &Path) -> Result<image::DynamicImage> {
