@@ -7,3 +7,6 @@ pub mod layers;
 pub mod text;
 pub mod unet;
 pub mod vae;
+
+#[cfg(test)]
+mod test_util;

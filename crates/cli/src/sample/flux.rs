@@ -5,9 +5,9 @@ use std::time::Instant;
 
 use dreamforge_core::Error;
 use dreamforge_pipeline::family::check_components_family;
-use dreamforge_pipeline::{FluxComponents, FluxPipeline, FluxRequest, InitImage};
+use dreamforge_pipeline::{FluxComponents, FluxPipeline, FluxRequest};
 
-use super::{Ctx, Rendered, SampleArgs, model_name, output_size};
+use super::{Ctx, Rendered, SampleArgs, init_image, model_name, output_size};
 
 pub(crate) fn run(
     a: &SampleArgs,
@@ -38,18 +38,7 @@ pub(crate) fn run(
     let distilled = pipe.transformer.config.guidance_embeds;
     let (width, height) = output_size(a, init_size, pipe.vae_scale_factor() * 2, 1024);
     let mut notices = Vec::new();
-    let init = match &a.init_image {
-        Some(p) => Some(InitImage::load(
-            p,
-            a.mask.as_deref(),
-            a.strength
-                .unwrap_or(if a.mask.is_some() { 1.0 } else { 0.75 }),
-            width,
-            height,
-            &mut notices,
-        )?),
-        None => None,
-    };
+    let init = init_image(a, width, height, &mut notices)?;
     let req = FluxRequest {
         prompt: a.prompt.clone(),
         negative_prompt: a.negative_prompt.clone(),

@@ -292,6 +292,24 @@ pub(crate) fn output_size(
     }
 }
 
+/// The `--init-image` / `--mask` / `--strength` input at the output size (strength defaults to
+/// 0.75 for img2img and 1 for inpainting), or `None` without an init image.
+pub(crate) fn init_image(
+    a: &SampleArgs,
+    width: usize,
+    height: usize,
+    notices: &mut Vec<String>,
+) -> Result<Option<dreamforge_pipeline::InitImage>, Error> {
+    let Some(p) = &a.init_image else {
+        return Ok(None);
+    };
+    let strength = a
+        .strength
+        .unwrap_or(if a.mask.is_some() { 1.0 } else { 0.75 });
+    dreamforge_pipeline::InitImage::load(p, a.mask.as_deref(), strength, width, height, notices)
+        .map(Some)
+}
+
 /// The model's file or folder name, for metadata.
 pub(crate) fn model_name(p: &Path) -> String {
     p.file_name()

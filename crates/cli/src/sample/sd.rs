@@ -6,10 +6,10 @@ use std::time::Instant;
 
 use dreamforge_core::Error;
 use dreamforge_pipeline::family::check_components_family;
-use dreamforge_pipeline::{InitImage, SdComponents, SdFamily, SdPipeline, SdRequest, SdSource};
+use dreamforge_pipeline::{SdComponents, SdFamily, SdPipeline, SdRequest, SdSource};
 use dreamforge_sampling::{Parameterization, SamplerKind};
 
-use super::{Ctx, Rendered, SampleArgs, model_name, output_size};
+use super::{Ctx, Rendered, SampleArgs, init_image, model_name, output_size};
 
 /// A1111's names for the samplers.
 fn a1111_sampler(k: SamplerKind) -> &'static str {
@@ -65,18 +65,7 @@ pub(crate) fn run(
     let default_size = pipe.default_size();
     let (width, height) = output_size(a, init_size, pipe.size_multiple(), default_size);
     let mut notices = pipe.notices.clone();
-    let init = match &a.init_image {
-        Some(p) => Some(InitImage::load(
-            p,
-            a.mask.as_deref(),
-            a.strength
-                .unwrap_or(if a.mask.is_some() { 1.0 } else { 0.75 }),
-            width,
-            height,
-            &mut notices,
-        )?),
-        None => None,
-    };
+    let init = init_image(a, width, height, &mut notices)?;
     let req = SdRequest {
         prompt: a.prompt.clone(),
         negative_prompt: a.negative_prompt.clone(),

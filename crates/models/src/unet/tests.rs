@@ -4,6 +4,7 @@
 //! the LDM key map's coverage, strict loading and the forward's input checks on the tiny
 //! parity fixtures.
 
+use crate::test_util::write_tensors;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
@@ -531,30 +532,6 @@ fn temp_dir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-/// Writes tensors as F32 safetensors.
-fn write_tensors(path: &Path, tensors: &[(String, HostTensor)]) {
-    let mut header = serde_json::Map::new();
-    let mut data = Vec::new();
-    for (name, t) in tensors {
-        let start = data.len();
-        for v in &t.data {
-            data.extend_from_slice(&v.to_le_bytes());
-        }
-        header.insert(
-            name.clone(),
-            serde_json::json!({"dtype": "F32", "shape": t.shape, "data_offsets": [start, data.len()]}),
-        );
-    }
-    let mut h = serde_json::to_string(&header).unwrap().into_bytes();
-    while !h.len().is_multiple_of(8) {
-        h.push(b' ');
-    }
-    let mut bytes = (h.len() as u64).to_le_bytes().to_vec();
-    bytes.extend(h);
-    bytes.extend(data);
-    std::fs::write(path, bytes).unwrap();
 }
 
 /// A copy of the sd1 fixture folder with its weights edited by `edit`.
