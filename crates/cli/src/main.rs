@@ -1,7 +1,10 @@
 //! `dreamforge`: the command-line tool. A thin clap layer, one file per subcommand; library
 //! errors map to exit codes (0 ok, 1 bad input or config, 2 runtime / I/O, 130 interrupted).
 
+mod builtin;
+mod eval;
 mod models;
+mod nano;
 mod sample;
 
 use std::process::ExitCode;
@@ -28,6 +31,13 @@ enum Command {
         #[command(subcommand)]
         command: models::ModelsCommand,
     },
+    /// Nano metrics for a folder of images: prompt fidelity, subject similarity, judge accuracy.
+    Eval(eval::EvalArgs),
+    /// The built-in nano model and world.
+    Nano {
+        #[command(subcommand)]
+        command: nano::NanoCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -35,6 +45,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Sample(args) => sample::run(*args),
         Command::Models { command } => models::run(command),
+        Command::Nano { command } => nano::run(command),
+        Command::Eval(a) => eval::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -53,6 +53,27 @@ impl RgbImage {
         })
     }
 
+    /// Each pixel repeated `k`×`k` times (nearest-neighbour enlargement for viewing).
+    pub fn upscaled_nearest(self, k: u32) -> Self {
+        if k <= 1 {
+            return self;
+        }
+        let (w, h) = (self.width as usize, self.height as usize);
+        let k = k as usize;
+        let mut pixels = Vec::with_capacity(self.pixels.len() * k * k);
+        for y in 0..h * k {
+            for x in 0..w * k {
+                let i = ((y / k) * w + x / k) * 3;
+                pixels.extend_from_slice(&self.pixels[i..i + 3]);
+            }
+        }
+        Self {
+            width: (w * k) as u32,
+            height: (h * k) as u32,
+            pixels,
+        }
+    }
+
     /// Lanczos-3 resize (diffusers resizes with PIL's Lanczos).
     pub fn resized(&self, width: u32, height: u32) -> Self {
         if (width, height) == (self.width, self.height) {

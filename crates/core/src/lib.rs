@@ -4,7 +4,9 @@
 
 pub mod device;
 pub mod error;
+pub mod export;
 pub mod image_io;
+pub mod init;
 pub mod noise;
 pub mod weights;
 

@@ -10,11 +10,13 @@ use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use burn::module::Param;
+use burn::module::{Param, ParamId};
 use burn::nn::Linear;
 use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::{Dtype, tensor::TensorInfo};
 
+use crate::export::FileKey;
+use crate::init::Initializer;
 use crate::{Error, Result};
 
 /// A tensor decoded to f32 on the host, row-major.
@@ -378,6 +380,11 @@ impl WeightSet {
         Ok(set)
     }
 
+    /// A set with no tensors, for [`WeightLoader::initializing`]; `origin` names it in messages.
+    pub fn empty(origin: impl Into<PathBuf>) -> Self {
+        Self::from_files(origin.into(), Vec::new())
+    }
+
     fn from_files(origin: PathBuf, files: Vec<SafetensorsFile>) -> Self {
         let mut key_file = HashMap::new();
         for (i, f) in files.iter().enumerate() {
@@ -507,6 +514,8 @@ pub struct WeightLoader<'a> {
     device: Device,
     used: RefCell<BTreeSet<String>>,
     ignored: Vec<fn(&str) -> bool>,
+    init: Option<Initializer>,
+    records: RefCell<Vec<(ParamId, FileKey)>>,
 }
 
 impl<'a> WeightLoader<'a> {
@@ -518,6 +527,35 @@ impl<'a> WeightLoader<'a> {
             device: device.clone(),
             used: RefCell::new(BTreeSet::new()),
             ignored: Vec::new(),
+            init: None,
+            records: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// A loader that reads nothing: every parameter is drawn fresh by `init` under the key it
+    /// would have in a checkpoint (training from scratch). `set` is typically
+    /// [`WeightSet::empty`] and only names the origin in messages.
+    pub fn initializing(set: &'a WeightSet, init: Initializer, device: &Device) -> Self {
+        let mut w = Self::new(set, device);
+        w.init = Some(init);
+        w
+    }
+
+    /// Every parameter built so far with its file key, for [`crate::export::ParamKeys`].
+    pub fn records(&self) -> Vec<(ParamId, FileKey)> {
+        self.records.borrow().clone()
+    }
+
+    fn record(&self, id: ParamId, name: &str, transposed: bool) {
+        let src = self.source(name);
+        if src.rows.is_none() && !src.swap_halves {
+            self.records.borrow_mut().push((
+                id,
+                FileKey {
+                    key: src.key,
+                    transposed: transposed != src.transpose,
+                },
+            ));
         }
     }
 
@@ -560,12 +598,15 @@ impl<'a> WeightLoader<'a> {
 
     /// True when the parameter `name` exists in the file (through the map).
     pub fn has(&self, name: &str) -> bool {
-        self.set.contains(&self.source(name).key)
+        self.init.is_some() || self.set.contains(&self.source(name).key)
     }
 
     /// Reads parameter `name` on the host, checking its shape.
     pub fn host(&self, name: &str, expected: &[usize]) -> Result<HostTensor> {
         let src = self.source(name);
+        if let Some(init) = &self.init {
+            return Ok(init.tensor(&src.key, expected));
+        }
         if !self.set.contains(&src.key) {
             return Err(Error::MissingKey {
                 path: self.set.origin.clone(),
@@ -617,7 +658,9 @@ impl<'a> WeightLoader<'a> {
     }
 
     pub fn param<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Param<Tensor<D>>> {
-        Ok(Param::from_tensor(self.tensor(name, shape)?))
+        let p = Param::from_tensor(self.tensor(name, shape)?);
+        self.record(p.id, name, false);
+        Ok(p)
     }
 
     /// A PyTorch `nn.Linear` at `prefix` (`.weight` `[out, in]`, optional `.bias`).
@@ -630,10 +673,9 @@ impl<'a> WeightLoader<'a> {
         } else {
             None
         };
-        Ok(Linear {
-            weight: Param::from_tensor(w.to_device(&self.device)),
-            bias,
-        })
+        let weight = Param::from_tensor(w.to_device(&self.device));
+        self.record(weight.id, &format!("{prefix}.weight"), true);
+        Ok(Linear { weight, bias })
     }
 
     /// File keys (under the prefix) that no parameter consumed.

@@ -14,7 +14,7 @@ use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use crate::render::render;
+use crate::render::images;
 use crate::scene::{Colour, Position, Scene, Shape, Size, sample_scene};
 
 /// The judge's input side.
@@ -116,13 +116,22 @@ impl Judge {
     /// # Shapes
     /// `images: [B, 3, 64, 64]` in [-1, 1] → one `[B, classes]` per head
     pub fn forward(&self, images: Tensor<4>) -> Vec<Tensor<2>> {
+        let h = self.features(images);
+        self.heads.iter().map(|l| l.forward(h.clone())).collect()
+    }
+
+    /// The shared 512-wide representation the heads read (subject-similarity features, the
+    /// nano analogue of CLIP-I / DINO embeddings).
+    ///
+    /// # Shapes
+    /// `images: [B, 3, 64, 64]` → `[B, 512]`
+    pub fn features(&self, images: Tensor<4>) -> Tensor<2> {
         let mut x = images;
         for c in &self.convs {
             x = gelu(c.forward(x));
         }
         let [b, c, h, w] = x.dims();
-        let h = gelu(self.hidden.forward(x.reshape([b, c * h * w])));
-        self.heads.iter().map(|l| l.forward(h.clone())).collect()
+        gelu(self.hidden.forward(x.reshape([b, c * h * w])))
     }
 
     /// The attributes the judge reads from `images`.
@@ -160,18 +169,7 @@ pub fn batch(seed: u64, n: usize, device: &Device) -> (Tensor<4>, Vec<Scene>) {
     let scenes: Vec<Scene> = (0..n as u64)
         .map(|i| sample_scene(seed + i, None))
         .collect();
-    let plane = SIDE * SIDE;
-    let mut data = Vec::with_capacity(n * 3 * plane);
-    for s in &scenes {
-        let px = render(s, SIDE);
-        for c in 0..3 {
-            data.extend((0..plane).map(|i| px[i * 3 + c] as f32 / 127.5 - 1.0));
-        }
-    }
-    (
-        Tensor::from_data(TensorData::new(data, [n, 3, SIDE, SIDE]), device),
-        scenes,
-    )
+    (images(&scenes, SIDE, device), scenes)
 }
 
 /// The summed cross-entropy over the heads that apply to each sample.

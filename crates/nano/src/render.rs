@@ -3,6 +3,8 @@
 //! 4×4 grid of sub-samples, so edges are anti-aliased and the image is a pure function of the
 //! scene and the size (no RNG, identical on every machine).
 
+use burn::tensor::{Device, Tensor, TensorData};
+
 use crate::scene::{Scene, Shape, Size};
 
 /// Object radius as a fraction of the image side.
@@ -93,6 +95,19 @@ pub fn render(scene: &Scene, side: usize) -> Vec<u8> {
         }
     }
     out
+}
+
+/// Scenes rendered at `side` as `[n, 3, side, side]` in [-1, 1].
+pub fn images(scenes: &[Scene], side: usize, device: &Device) -> Tensor<4> {
+    let plane = side * side;
+    let mut data = Vec::with_capacity(scenes.len() * 3 * plane);
+    for s in scenes {
+        let px = render(s, side);
+        for c in 0..3 {
+            data.extend((0..plane).map(|i| px[i * 3 + c] as f32 / 127.5 - 1.0));
+        }
+    }
+    Tensor::from_data(TensorData::new(data, [scenes.len(), 3, side, side]), device)
 }
 
 #[cfg(test)]

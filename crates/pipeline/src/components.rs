@@ -1,7 +1,9 @@
 //! Where a pipeline's parts live: a diffusers folder (`model_index.json`, `transformer/`,
 //! `vae/`, `text_encoder/`, `text_encoder_2/`, `tokenizer/`, `tokenizer_2/`, `scheduler/`), or a
 //! single-file transformer plus component paths (a diffusers folder for the rest, or one path
-//! per component). Missing parts are reported by name before anything heavy is loaded.
+//! per component). Missing parts are reported by name before anything heavy is loaded; parts
+//! the pipeline index declares absent (`[null, null]`, e.g. no T5 for a CLIP-only model) are
+//! optional.
 
 use std::path::{Path, PathBuf};
 
@@ -28,9 +30,11 @@ pub struct FluxComponents {
     pub transformer_config: Option<PathBuf>,
     pub vae: PathBuf,
     pub text_encoder: PathBuf,
-    pub text_encoder_2: PathBuf,
+    /// The T5 encoder; `None` for a CLIP-only model (`model_index.json` lists
+    /// `text_encoder_2` as `[null, null]`), whose sequence states come from the CLIP encoder.
+    pub text_encoder_2: Option<PathBuf>,
     pub tokenizer: PathBuf,
-    pub tokenizer_2: PathBuf,
+    pub tokenizer_2: Option<PathBuf>,
     pub scheduler_config: Option<PathBuf>,
 }
 
@@ -90,6 +94,20 @@ impl FluxComponents {
         } else {
             model.to_path_buf()
         };
+        // A component the pipeline index declares absent (`[null, null]`) is optional.
+        let declared_absent = |name: &str| -> bool {
+            root.and_then(|r| std::fs::read_to_string(r.join("model_index.json")).ok())
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .and_then(|v| v.get(name).cloned())
+                .is_some_and(|e| e.as_array().is_some_and(|a| a.iter().all(|x| x.is_null())))
+        };
+        let optional = |given: &Option<PathBuf>, name: &str| -> Result<Option<PathBuf>> {
+            if given.is_none() && declared_absent(name) {
+                Ok(None)
+            } else {
+                pick(given, name).map(Some)
+            }
+        };
         let scheduler_config = root
             .map(|r| r.join("scheduler").join("scheduler_config.json"))
             .filter(|p| p.exists());
@@ -98,9 +116,9 @@ impl FluxComponents {
             transformer_config: o.config.clone(),
             vae: pick(&o.vae, "vae")?,
             text_encoder: pick(&o.text_encoder, "text_encoder")?,
-            text_encoder_2: pick(&o.text_encoder_2, "text_encoder_2")?,
+            text_encoder_2: optional(&o.text_encoder_2, "text_encoder_2")?,
             tokenizer: pick(&o.tokenizer, "tokenizer")?,
-            tokenizer_2: pick(&o.tokenizer_2, "tokenizer_2")?,
+            tokenizer_2: optional(&o.tokenizer_2, "tokenizer_2")?,
             scheduler_config,
         })
     }

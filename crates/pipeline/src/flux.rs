@@ -10,7 +10,7 @@ use dreamforge_models::dit::flux::{FluxConfig, FluxInputs, FluxTransformer};
 use dreamforge_models::text::clip::ClipTextModel;
 use dreamforge_models::text::t5::T5Encoder;
 use dreamforge_models::text::tokenizer::TextTokenizer;
-use dreamforge_models::vae::AutoencoderKL;
+use dreamforge_models::vae::Autoencoder;
 use dreamforge_sampling::{
     FlowMatchConfig, StepInfo, calculate_shift, flow_match_schedule, flux_pipeline_sigmas,
     sample_euler,
@@ -56,11 +56,12 @@ pub struct FluxOutput {
 /// The loaded FLUX pipeline.
 pub struct FluxPipeline {
     pub transformer: FluxTransformer,
-    pub vae: AutoencoderKL,
+    pub vae: Autoencoder,
     pub text_encoder: ClipTextModel,
-    pub text_encoder_2: T5Encoder,
+    /// T5; `None` for a CLIP-only model, whose sequence states are CLIP's `last_hidden_state`.
+    pub text_encoder_2: Option<T5Encoder>,
     pub tokenizer: TextTokenizer,
-    pub tokenizer_2: TextTokenizer,
+    pub tokenizer_2: Option<TextTokenizer>,
     pub scheduler: FlowMatchConfig,
     pub device: Device,
 }
@@ -87,10 +88,18 @@ impl FluxPipeline {
             scheduler.unwrap_or_else(|| default_scheduler(transformer.config.guidance_embeds));
         let pipe = Self {
             tokenizer: TextTokenizer::load(&c.tokenizer)?,
-            tokenizer_2: TextTokenizer::load(&c.tokenizer_2)?,
+            tokenizer_2: c
+                .tokenizer_2
+                .as_deref()
+                .map(TextTokenizer::load)
+                .transpose()?,
             text_encoder: ClipTextModel::load(&c.text_encoder, device)?,
-            text_encoder_2: T5Encoder::load(&c.text_encoder_2, device)?,
-            vae: AutoencoderKL::load(&c.vae, device)?,
+            text_encoder_2: c
+                .text_encoder_2
+                .as_deref()
+                .map(|p| T5Encoder::load(p, device))
+                .transpose()?,
+            vae: Autoencoder::load(&c.vae, device)?,
             transformer,
             scheduler,
             device: device.clone(),
@@ -103,7 +112,13 @@ impl FluxPipeline {
     /// transformer's input widths.
     fn check_compatible(&self, c: &FluxComponents) -> Result<()> {
         let t = &self.transformer.config;
-        let latent = self.vae.config.latent_channels;
+        if self.text_encoder_2.is_some() != self.tokenizer_2.is_some() {
+            return Err(Error::config(
+                &c.transformer,
+                "the T5 encoder and its tokenizer must be given together (or both left out for a CLIP-only model)",
+            ));
+        }
+        let latent = self.vae.latent_channels();
         if t.in_channels != 4 * latent {
             return Err(Error::config(
                 &c.transformer,
@@ -121,18 +136,29 @@ impl FluxPipeline {
                 "out_channels must equal in_channels for FLUX sampling",
             ));
         }
-        let t5 = self.text_encoder_2.config.d_model;
-        if t.joint_attention_dim != t5 {
+        let clip = self.text_encoder.config().hidden_size;
+        let (seq_width, seq_from) = match (&self.text_encoder_2, &c.text_encoder_2) {
+            (Some(t5), Some(p)) => (
+                t5.config.d_model,
+                format!("the T5 encoder at {} (d_model", p.display()),
+            ),
+            _ => (
+                clip,
+                format!(
+                    "the CLIP text encoder at {} (no T5; hidden_size",
+                    c.text_encoder.display()
+                ),
+            ),
+        };
+        if t.joint_attention_dim != seq_width {
             return Err(Error::config(
                 &c.transformer,
                 format!(
-                    "joint_attention_dim {} does not fit the T5 encoder at {} (d_model {t5})",
+                    "joint_attention_dim {} does not fit {seq_from} {seq_width})",
                     t.joint_attention_dim,
-                    c.text_encoder_2.display()
                 ),
             ));
         }
-        let clip = self.text_encoder.config().hidden_size;
         if t.pooled_projection_dim != clip {
             return Err(Error::config(
                 &c.transformer,
@@ -146,9 +172,9 @@ impl FluxPipeline {
         Ok(())
     }
 
-    /// The VAE's spatial downsampling (8 for FLUX).
+    /// The autoencoder's spatial downsampling (8 for FLUX's VAE).
     pub fn vae_scale_factor(&self) -> usize {
-        1 << self.vae.config.block_out_channels.len().saturating_sub(1)
+        self.vae.downscale_factor()
     }
 
     /// Checks the request before any heavy work: sizes, steps, a noise tensor's shape, memory.
@@ -205,7 +231,7 @@ impl FluxPipeline {
     pub fn estimate_bytes(&self, r: &FluxRequest) -> u64 {
         let b = r.num_images as u64 * if r.negative_prompt.is_some() { 2 } else { 1 };
         let px = (r.width * r.height) as u64;
-        let c0 = *self.vae.config.block_out_channels.first().unwrap_or(&128) as u64;
+        let c0 = self.vae.decoder_width() as u64;
         let vae = r.num_images as u64 * c0 * px * 4 * 4;
         let m = (self.vae_scale_factor() * 2) as u64;
         let l = px / (m * m);
@@ -223,6 +249,21 @@ impl FluxPipeline {
         what: &str,
         warnings: &mut Vec<String>,
     ) -> Result<Tensor<2, Int>> {
+        for text in texts {
+            let unknown = tok.unknown_words(text);
+            if !unknown.is_empty() {
+                let words = tok.words();
+                let known = if words.len() <= 200 {
+                    format!(" It knows only these words: {}", words.join(" "))
+                } else {
+                    String::new()
+                };
+                warnings.push(format!(
+                    "the {what} tokenizer does not know the word(s) {}; the model cannot follow them.{known}",
+                    unknown.join(", ")
+                ));
+            }
+        }
         let enc = tok.encode_batch(texts, max_len)?;
         if enc.truncated.iter().any(|&t| t) {
             warnings.push(format!(
@@ -237,7 +278,14 @@ impl FluxPipeline {
         ))
     }
 
-    /// (T5 states `[B, T, D]`, CLIP pooled `[B, P]`) for `prompt` repeated `n` times.
+    /// CLIP's context length: 77 in every FLUX release, less for an encoder with fewer
+    /// positions.
+    pub fn clip_max_length(&self) -> usize {
+        CLIP_MAX_LENGTH.min(self.text_encoder.config().max_position_embeddings)
+    }
+
+    /// (sequence states `[B, T, D]`, CLIP pooled `[B, P]`) for `prompt` repeated `n` times: T5
+    /// states at `max_seq` tokens, or, without T5, CLIP's `last_hidden_state`.
     pub fn encode_prompt(
         &self,
         prompt: &str,
@@ -248,14 +296,19 @@ impl FluxPipeline {
         let clip_ids = self.tokenize(
             &self.tokenizer,
             &[prompt],
-            CLIP_MAX_LENGTH,
+            self.clip_max_length(),
             "CLIP",
             warnings,
         )?;
-        let pooled = self.text_encoder.forward(clip_ids)?.pooler_output;
-        let t5_ids = self.tokenize(&self.tokenizer_2, &[prompt], max_seq, "T5", warnings)?;
-        let states = self.text_encoder_2.forward(t5_ids, None);
-        Ok((states.repeat_dim(0, n), pooled.repeat_dim(0, n)))
+        let clip = self.text_encoder.forward(clip_ids)?;
+        let states = match (&self.text_encoder_2, &self.tokenizer_2) {
+            (Some(t5), Some(tok)) => {
+                let t5_ids = self.tokenize(tok, &[prompt], max_seq, "T5", warnings)?;
+                t5.forward(t5_ids, None)
+            }
+            _ => clip.last_hidden_state,
+        };
+        Ok((states.repeat_dim(0, n), clip.pooler_output.repeat_dim(0, n)))
     }
 
     fn initial_latents(&self, r: &FluxRequest, c: usize, h: usize, w: usize) -> Result<Tensor<3>> {
@@ -287,7 +340,9 @@ impl FluxPipeline {
     /// posterior mean; diffusers samples the posterior with its generator, a difference far
     /// below the noise added on top).
     fn image_latents(&self, init: &InitImage, b: usize) -> Tensor<3> {
-        let (mean, _) = self.vae.encode(init.image.clone().to_device(&self.device));
+        let mean = self
+            .vae
+            .encode_mean(init.image.clone().to_device(&self.device));
         pack(self.vae.scale_latents(mean)).repeat_dim(0, b)
     }
 
@@ -434,7 +489,12 @@ fn check_weights_fit(c: &FluxComponents, device: &Device) -> Result<()> {
         return Ok(());
     };
     let mut params = 0u64;
-    for p in [&c.transformer, &c.vae, &c.text_encoder, &c.text_encoder_2] {
+    let mut paths = vec![&c.transformer, &c.text_encoder];
+    paths.extend(c.text_encoder_2.as_ref());
+    if !is_pixel_space(&c.vae) {
+        paths.push(&c.vae);
+    }
+    for p in paths {
         let set = WeightSet::open(p)?;
         for k in set.keys() {
             params += set
@@ -453,6 +513,12 @@ fn check_weights_fit(c: &FluxComponents, device: &Device) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// True for a parameter-free `PixelSpace` autoencoder folder (nothing to weigh).
+fn is_pixel_space(vae: &std::path::Path) -> bool {
+    std::fs::read_to_string(vae.join("config.json"))
+        .is_ok_and(|t| t.contains(dreamforge_models::vae::pixel::PIXEL_SPACE_CLASS))
 }
 
 /// Memory the device can still give, where it can be known (CPU: `MemAvailable`).

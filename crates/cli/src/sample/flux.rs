@@ -36,15 +36,27 @@ pub(crate) fn run(
     let comps = FluxComponents::resolve(&a.model, &ctx.overrides)?;
     let pipe = FluxPipeline::load(&comps, &ctx.device)?;
     let distilled = pipe.transformer.config.guidance_embeds;
-    let (width, height) = output_size(a, init_size, pipe.vae_scale_factor() * 2, 1024);
+    let defaults = sample_defaults(&a.model);
+    let (width, height) = output_size(
+        a,
+        init_size,
+        pipe.vae_scale_factor() * 2,
+        pipe.vae.native_size().unwrap_or(1024),
+    );
     let mut notices = Vec::new();
     let init = init_image(a, width, height, &mut notices)?;
     let req = FluxRequest {
         prompt: a.prompt.clone(),
-        negative_prompt: a.negative_prompt.clone(),
-        true_cfg_scale: a.true_cfg,
+        negative_prompt: a
+            .negative_prompt
+            .clone()
+            .or(defaults.negative_prompt.clone()),
+        true_cfg_scale: a.true_cfg.or(defaults.true_cfg_scale).unwrap_or(1.0),
         guidance: a.guidance.unwrap_or(3.5),
-        steps: a.steps.unwrap_or(if distilled { 28 } else { 4 }),
+        steps: a
+            .steps
+            .or(defaults.steps)
+            .unwrap_or(if distilled { 28 } else { 4 }),
         width,
         height,
         num_images: a.num_images,
@@ -106,6 +118,23 @@ pub(crate) fn run(
         }),
         steps,
     }))
+}
+
+/// Sampling defaults a pipeline folder may declare in `model_index.json` under
+/// `_dreamforge_sample` (the nano model does: it needs CFG and more than 4 steps).
+#[derive(Debug, Default, serde::Deserialize)]
+struct SampleDefaults {
+    steps: Option<usize>,
+    true_cfg_scale: Option<f32>,
+    negative_prompt: Option<String>,
+}
+
+fn sample_defaults(model: &std::path::Path) -> SampleDefaults {
+    std::fs::read_to_string(model.join("model_index.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| serde_json::from_value(v.get("_dreamforge_sample")?.clone()).ok())
+        .unwrap_or_default()
 }
 
 fn a1111_parameters(r: &FluxRequest, seed: u64, model: &str, distilled: bool) -> String {

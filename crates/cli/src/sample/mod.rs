@@ -22,8 +22,9 @@ use dreamforge_pipeline::{ComponentOverrides, ModelFamily, detect_family};
 #[derive(Args)]
 pub struct SampleArgs {
     /// Model: a diffusers pipeline folder (FLUX.1, SD 1.x/2.x, SDXL), a single-file SD/SDXL
-    /// checkpoint, or a single-file FLUX transformer (BFL or diffusers keys).
-    #[arg(long)]
+    /// checkpoint, or a single-file FLUX transformer (BFL or diffusers keys) [default: the
+    /// built-in nano model].
+    #[arg(long, default_value_os_t = PathBuf::new(), hide_default_value = true)]
     pub model: PathBuf,
     /// Prompt text.
     #[arg(long)]
@@ -31,9 +32,10 @@ pub struct SampleArgs {
     /// Negative prompt (SD: used with --guidance > 1; FLUX: with --true-cfg > 1).
     #[arg(long)]
     pub negative_prompt: Option<String>,
-    /// FLUX: true classifier-free guidance scale (runs a second, negative pass when > 1).
-    #[arg(long, default_value_t = 1.0)]
-    pub true_cfg: f32,
+    /// FLUX: true classifier-free guidance scale (runs a second, negative pass when > 1)
+    /// [default: the model's sampling defaults, else 1].
+    #[arg(long)]
+    pub true_cfg: Option<f32>,
     /// Denoising steps [default: FLUX 28 (guidance-distilled) or 4; SD 30].
     #[arg(long)]
     pub steps: Option<usize>,
@@ -105,6 +107,10 @@ pub struct SampleArgs {
     /// Denoiser config.json where the weights cannot tell (FLUX RoPE axes, SD head counts).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Also enlarge the written images N× with nearest-neighbour pixels (for viewing small
+    /// models' outputs; the metadata describes the generated size).
+    #[arg(long, default_value_t = 1)]
+    pub upscale: u32,
     /// Hide the progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -183,7 +189,13 @@ impl Ctx {
     }
 }
 
-pub fn run(a: SampleArgs) -> anyhow::Result<()> {
+pub fn run(mut a: SampleArgs) -> anyhow::Result<()> {
+    if a.model.as_os_str().is_empty() {
+        a.model = crate::builtin::nano_model()?;
+    }
+    if a.upscale == 0 || a.upscale > 64 {
+        return Err(Error::InvalidInput("--upscale must be between 1 and 64".into()).into());
+    }
     // Ctrl-C sets a flag the sampler checks after every step; a second one exits at once.
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -258,7 +270,8 @@ pub fn run(a: SampleArgs) -> anyhow::Result<()> {
     ];
     let plane = 3 * h * w;
     for i in 0..b {
-        let img = RgbImage::from_chw_signed(&r.images.data[i * plane..(i + 1) * plane], h, w);
+        let img = RgbImage::from_chw_signed(&r.images.data[i * plane..(i + 1) * plane], h, w)
+            .upscaled_nearest(a.upscale);
         let image_seed = ctx.seed + i as u64;
         let params = (r.parameters)(image_seed);
         let json = (r.json)(image_seed);

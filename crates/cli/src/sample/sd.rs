@@ -30,7 +30,7 @@ pub(crate) fn run(
     t0: Instant,
 ) -> anyhow::Result<Option<Rendered>> {
     for (flag, given) in [
-        ("--true-cfg", a.true_cfg != 1.0),
+        ("--true-cfg", a.true_cfg.is_some()),
         ("--max-sequence-length", a.max_sequence_length.is_some()),
     ] {
         if given {

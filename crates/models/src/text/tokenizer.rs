@@ -34,6 +34,7 @@ pub struct TextTokenizer {
     tokenizer: Tokenizer,
     pad_id: u32,
     pad_token: Option<String>,
+    unk_id: Option<u32>,
     model_max_length: Option<usize>,
     source: PathBuf,
 }
@@ -98,9 +99,14 @@ impl TextTokenizer {
             tokenizer,
             pad_id: 0,
             pad_token: None,
+            unk_id: None,
             model_max_length: None,
             source: path.to_path_buf(),
         };
+        t.unk_id = specials
+            .unk
+            .as_deref()
+            .and_then(|u| t.tokenizer.token_to_id(u));
         t.resolve_pad(&specials, path)?;
         t.model_max_length = specials.model_max_length;
         Ok(t)
@@ -173,6 +179,42 @@ impl TextTokenizer {
                 )
             })?;
         Ok(())
+    }
+
+    /// The words of `text` the vocabulary does not know (they became the unknown token), in
+    /// order; empty when the tokenizer has no unknown token.
+    pub fn unknown_words(&self, text: &str) -> Vec<String> {
+        let Some(unk) = self.unk_id else {
+            return Vec::new();
+        };
+        let Ok(enc) = self.tokenizer.encode(text, false) else {
+            return Vec::new();
+        };
+        enc.get_ids()
+            .iter()
+            .zip(enc.get_offsets())
+            .filter(|(id, _)| **id == unk)
+            .filter_map(|(_, &(a, b))| text.get(a..b).map(str::to_string))
+            .collect()
+    }
+
+    /// The vocabulary's ordinary tokens (no special tokens), sorted — for messages about small
+    /// word-level vocabularies.
+    pub fn words(&self) -> Vec<String> {
+        let specials: Vec<String> = self
+            .tokenizer
+            .get_added_tokens_decoder()
+            .values()
+            .map(|t| t.content.clone())
+            .collect();
+        let mut w: Vec<String> = self
+            .tokenizer
+            .get_vocab(false)
+            .into_keys()
+            .filter(|t| !specials.contains(t))
+            .collect();
+        w.sort();
+        w
     }
 
     /// The id used for padding.

@@ -8,6 +8,8 @@ use burn::nn::Linear;
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 
+use dreamforge_core::export::ParamKeys;
+use dreamforge_core::init::{InitKind, Initializer};
 use dreamforge_core::{Error, Result, WeightLoader, WeightSet};
 
 use super::config::{FluxConfig, FluxKeyFormat, infer_config};
@@ -85,26 +87,48 @@ impl FluxTransformer {
         if matches!(format, FluxKeyFormat::Bfl { .. }) {
             w = w.with_key_map(bfl_key_map(&config));
         }
+        let model = Self::from_loader(&w, config)?;
+        w.finish()?;
+        Ok(model)
+    }
+
+    /// A fresh model for training from scratch, with the checkpoint keys to export it in
+    /// diffusers layout. Linear weights start `U(±1/√fan_in)`, biases 0, and every modulation
+    /// (`norm1*.linear`, single-block `norm.linear`, `norm_out.linear`) and `proj_out` start at
+    /// zero — DiT's adaLN-Zero, so each block starts as the identity and the output as 0.
+    pub fn init(config: FluxConfig, seed: u64, device: &Device) -> Result<(Self, ParamKeys)> {
+        let set = WeightSet::empty("<fresh FLUX transformer>");
+        config
+            .validate()
+            .map_err(|r| Error::config(set.origin(), r))?;
+        let w =
+            WeightLoader::initializing(&set, Initializer::new(seed).with_rule(adaln_zero), device);
+        let model = Self::from_loader(&w, config)?;
+        let keys = ParamKeys::of(&model, &w.records());
+        Ok((model, keys))
+    }
+
+    fn from_loader(w: &WeightLoader, config: FluxConfig) -> Result<Self> {
         let c = &config;
         let dim = c.inner_dim();
         let heads = c.num_attention_heads;
         let mlp = c.mlp_hidden_dim();
-        let model = Self {
+        Ok(Self {
             x_embedder: w.linear("x_embedder", c.in_channels, dim, true)?,
             context_embedder: w.linear("context_embedder", c.joint_attention_dim, dim, true)?,
             time_text_embed: TimeTextEmbed::load(
-                &w,
+                w,
                 dim,
                 c.pooled_projection_dim,
                 c.guidance_embeds,
             )?,
             transformer_blocks: (0..c.num_layers)
-                .map(|i| DoubleBlock::load(&w, &format!("transformer_blocks.{i}"), dim, heads, mlp))
+                .map(|i| DoubleBlock::load(w, &format!("transformer_blocks.{i}"), dim, heads, mlp))
                 .collect::<Result<_>>()?,
             single_transformer_blocks: (0..c.num_single_layers)
                 .map(|i| {
                     SingleBlock::load(
-                        &w,
+                        w,
                         &format!("single_transformer_blocks.{i}"),
                         dim,
                         heads,
@@ -120,9 +144,7 @@ impl FluxTransformer {
                 true,
             )?,
             config,
-        };
-        w.finish()?;
-        Ok(model)
+        })
     }
 
     /// RoPE tables for `cat(txt_ids, img_ids)` (`[T, 3]` and `[L, 3]`, row-major).
@@ -187,5 +209,137 @@ impl FluxTransformer {
         let parts = m.reshape([b_, 1, d2]).chunk(2, 2); // scale, shift
         let img = modulate(img, parts[1].clone(), parts[0].clone());
         Ok(self.proj_out.forward(img))
+    }
+}
+
+/// adaLN-Zero: modulation projections and the output projection start at zero.
+fn adaln_zero(key: &str, _shape: &[usize]) -> Option<InitKind> {
+    let zero = key.starts_with("proj_out.")
+        || key.starts_with("norm_out.linear.")
+        || key.contains(".norm1.linear.")
+        || key.contains(".norm1_context.linear.")
+        || (key.starts_with("single_transformer_blocks.") && key.contains(".norm.linear."));
+    zero.then_some(InitKind::Zeros)
+}
+
+#[cfg(test)]
+mod init_tests {
+    use super::*;
+    use crate::test_util::write_tensors;
+    use crate::text::clip::{ClipTextConfig, ClipTextModel};
+    use burn::tensor::{Int, TensorData};
+    use dreamforge_core::to_host;
+
+    fn tiny() -> FluxConfig {
+        serde_json::from_str(
+            r#"{"in_channels": 12, "num_layers": 1, "num_single_layers": 2,
+                "attention_head_dim": 8, "num_attention_heads": 2, "joint_attention_dim": 24,
+                "pooled_projection_dim": 16, "axes_dims_rope": [2, 2, 4]}"#,
+        )
+        .unwrap()
+    }
+
+    fn dir(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("dreamforge-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_fresh_flux_model_is_adaln_zero_and_round_trips_through_diffusers_layout() {
+        let d = Device::flex();
+        let (m, keys) = FluxTransformer::init(tiny(), 5, &d).unwrap();
+        let mut t = keys.export(&m).unwrap();
+        let get = |t: &[(String, dreamforge_core::HostTensor)], k: &str| {
+            t.iter().find(|(n, _)| n == k).unwrap().1.clone()
+        };
+        // diffusers layout: nn.Linear weights are [out, in]
+        assert_eq!(get(&t, "x_embedder.weight").shape, vec![16, 12]);
+        let b = 1.0 / 12f32.sqrt();
+        let xe = get(&t, "x_embedder.weight");
+        assert!(xe.data.iter().all(|v| v.abs() <= b) && xe.data.iter().any(|v| v.abs() > b / 2.0));
+        for k in [
+            "proj_out.weight",
+            "norm_out.linear.weight",
+            "transformer_blocks.0.norm1.linear.weight",
+            "transformer_blocks.0.norm1_context.linear.bias",
+            "single_transformer_blocks.1.norm.linear.weight",
+        ] {
+            assert!(get(&t, k).data.iter().all(|&v| v == 0.0), "{k} not zero");
+        }
+        assert!(
+            get(&t, "transformer_blocks.0.attn.norm_q.weight")
+                .data
+                .iter()
+                .all(|&v| v == 1.0)
+        );
+        // A zero-init model predicts exactly 0.
+        let x = Tensor::<3>::ones([1, 4, 12], &d);
+        let inputs = |x: Tensor<3>| FluxInputs {
+            hidden_states: x,
+            encoder_hidden_states: Tensor::ones([1, 3, 24], &d),
+            pooled_projections: Tensor::ones([1, 16], &d),
+            timestep: vec![0.5],
+            guidance: None,
+        };
+        let rope = m.rope(
+            &[0.0; 9],
+            &[0., 0., 0., 0., 0., 1., 0., 1., 0., 0., 1., 1.],
+            &d,
+        );
+        let y = to_host(m.forward(inputs(x.clone()), &rope).unwrap());
+        assert!(y.data.iter().all(|&v| v == 0.0));
+
+        // Perturb every tensor, write, load through the ordinary loader, export again: the
+        // same keys and values (paths, not parameter ids, carry the mapping).
+        for (i, (_, v)) in t.iter_mut().enumerate() {
+            for (j, e) in v.data.iter_mut().enumerate() {
+                *e += ((i * 31 + j * 7) % 13) as f32 * 0.01 - 0.06;
+            }
+        }
+        let p = dir("flux-init").join("t.safetensors");
+        write_tensors(&p, &t);
+        let loaded = FluxTransformer::load(&p, Some(tiny()), &d).unwrap();
+        assert_eq!(keys.export(&loaded).unwrap(), t);
+        let y = to_host(loaded.forward(inputs(x), &rope).unwrap());
+        assert!(y.data.iter().any(|&v| v != 0.0));
+        let other = keys
+            .export(&FluxTransformer::init(tiny(), 6, &d).unwrap().0)
+            .unwrap();
+        assert_ne!(
+            get(&other, "x_embedder.weight"),
+            xe,
+            "another seed, other values"
+        );
+    }
+
+    #[test]
+    fn a_fresh_clip_encoder_round_trips_through_transformers_layout() {
+        let d = Device::flex();
+        let cfg: ClipTextConfig = serde_json::from_str(
+            r#"{"vocab_size": 40, "hidden_size": 16, "intermediate_size": 32,
+                "num_hidden_layers": 2, "num_attention_heads": 2, "max_position_embeddings": 12,
+                "eos_token_id": 39, "hidden_act": "quick_gelu"}"#,
+        )
+        .unwrap();
+        let (m, keys) = ClipTextModel::init(cfg.clone(), 1, &d).unwrap();
+        let t = keys.export(&m).unwrap();
+        let emb = &t
+            .iter()
+            .find(|(k, _)| k == "text_model.embeddings.token_embedding.weight")
+            .unwrap()
+            .1;
+        assert_eq!(emb.shape, vec![40, 16]);
+        let std = (emb.data.iter().map(|v| v * v).sum::<f32>() / 640.0).sqrt();
+        assert!((std - 0.02).abs() < 0.005, "{std}");
+        let p = dir("clip-init").join("c.safetensors");
+        write_tensors(&p, &t);
+        let loaded = ClipTextModel::load_file(&p, cfg, &d).unwrap();
+        assert_eq!(keys.export(&loaded).unwrap(), t);
+        let ids =
+            || Tensor::<2, Int>::from_data(TensorData::new(vec![0i64, 5, 39, 39], [1, 4]), &d);
+        let a = to_host(m.forward(ids()).unwrap().pooler_output);
+        let b = to_host(loaded.forward(ids()).unwrap().pooler_output);
+        assert_eq!(a, b);
     }
 }

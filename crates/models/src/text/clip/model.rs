@@ -12,6 +12,8 @@ use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
+use dreamforge_core::export::ParamKeys;
+use dreamforge_core::init::{InitKind, Initializer};
 use dreamforge_core::{Error, Result, WeightLoader, WeightSet};
 
 use super::config::ClipTextConfig;
@@ -74,6 +76,36 @@ impl ClipTextModel {
     pub fn load_file(path: &Path, config: ClipTextConfig, device: &Device) -> Result<Self> {
         let set = WeightSet::open(path)?;
         Self::from_weights(&set, "", config, device)
+    }
+
+    /// A fresh encoder for training from scratch, in transformers layout (`text_model.*`), with
+    /// the checkpoint keys to export it: linear weights `U(±1/√fan_in)`, biases 0, LayerNorms
+    /// 1 / 0, token embeddings `N(0, 0.02²)` and position embeddings `N(0, 0.01²)` (as
+    /// `CLIPPreTrainedModel._init_weights`).
+    pub fn init(config: ClipTextConfig, seed: u64, device: &Device) -> Result<(Self, ParamKeys)> {
+        let set = WeightSet::empty("<fresh CLIP text encoder>");
+        config
+            .validate()
+            .map_err(|r| Error::config(set.origin(), r))?;
+        let projection_dim = config
+            .projection_dim
+            .filter(|_| config.declares_projection());
+        let w = WeightLoader::initializing(
+            &set,
+            Initializer::new(seed).with_rule(|k, _| {
+                if k.ends_with("token_embedding.weight") {
+                    Some(InitKind::Normal(0.02))
+                } else if k.ends_with("position_embedding.weight") {
+                    Some(InitKind::Normal(0.01))
+                } else {
+                    None
+                }
+            }),
+            device,
+        );
+        let model = Self::from_loader(&w, TEXT_MODEL_PREFIX, config, projection_dim)?;
+        let keys = ParamKeys::of(&model, &w.records());
+        Ok((model, keys))
     }
 
     /// Builds the model from `set`, where every key of the model sits under `root` (e.g.

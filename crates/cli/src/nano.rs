@@ -1,0 +1,364 @@
+//! `dreamforge nano pretrain`: trains the built-in nano model from scratch on the procedural
+//! world (shared/design/NANO.md) and writes it as a diffusers pipeline folder under
+//! `--out/model`, beside `run_config.json`, the loss log `loss.jsonl` and the resumable
+//! `checkpoint/`. Ctrl-C saves a checkpoint and exits 130; `--resume` continues exactly.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use burn::module::Module;
+use dreamforge_core::{DeviceSpec, Error};
+use dreamforge_nano::judge::Judge;
+use dreamforge_nano::judge_train::{JudgeTrainConfig, ground_truth_accuracy, save_judge};
+use dreamforge_nano::model::{NanoKeys, NanoModel, init, write_bundle};
+use dreamforge_nano::pretrain::{PretrainConfig, Pretrainer, write_tokenizer};
+use dreamforge_train::{Outcome, RunError, Trainer};
+
+#[derive(Subcommand)]
+pub enum NanoCommand {
+    /// Train the nano model from scratch (the shipped weights in models/nano come from this).
+    Pretrain(PretrainArgs),
+    /// Train the judge (the attribute classifier behind `dreamforge eval`; shipped in
+    /// models/nano-judge).
+    TrainJudge(TrainJudgeArgs),
+    /// Print captions of fresh scenes, one per line (held-out combinations with --held-out):
+    /// prompts for measuring prompt fidelity.
+    Prompts {
+        #[arg(long, default_value_t = 200)]
+        count: u64,
+        /// Only scenes whose first object is a (shape, colour) combination never captioned in
+        /// pretraining.
+        #[arg(long)]
+        held_out: bool,
+        /// First scene seed (scene i uses seed + i).
+        #[arg(long, default_value_t = 1 << 41)]
+        seed: u64,
+    },
+}
+
+#[derive(Args)]
+pub struct TrainJudgeArgs {
+    /// Run folder: checkpoint/, loss.jsonl, run_config.json, judge.safetensors, report.json.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 2500)]
+    pub steps: u64,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 250)]
+    pub checkpoint_every: u64,
+    /// Continue the run in --out from its checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// cpu, wgpu[:N] or cuda[:N].
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Args)]
+pub struct PretrainArgs {
+    /// Run folder: checkpoint/, loss.jsonl, run_config.json and the exported model/.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Optimizer steps.
+    #[arg(long, default_value_t = 3000)]
+    pub steps: u64,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Peak learning rate (cosine schedule with warmup).
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Steps between checkpoints (each also exports model/).
+    #[arg(long, default_value_t = 100)]
+    pub checkpoint_every: u64,
+    /// A run config JSON (as written to run_config.json) instead of the flags above.
+    #[arg(long, conflicts_with_all = ["steps", "batch_size", "lr"])]
+    pub config: Option<PathBuf>,
+    /// Continue the run in --out from its checkpoint (the settings must match).
+    #[arg(long)]
+    pub resume: bool,
+    /// cpu, wgpu[:N] or cuda[:N].
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+pub fn run(cmd: NanoCommand) -> anyhow::Result<()> {
+    match cmd {
+        NanoCommand::Pretrain(a) => pretrain(a),
+        NanoCommand::TrainJudge(a) => train_judge(a),
+        NanoCommand::Prompts {
+            count,
+            held_out,
+            seed,
+        } => {
+            for i in 0..count {
+                let scene = dreamforge_nano::sample_scene(seed + i, held_out.then_some(true));
+                println!("{}", dreamforge_nano::caption(&scene));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Writes `run_config.json` into the run folder (created).
+fn write_run_config(out: &Path, cfg: &impl serde::Serialize) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    dreamforge_core::image_io::write_atomic(
+        &out.join("run_config.json"),
+        serde_json::to_string_pretty(cfg)
+            .expect("serializes")
+            .as_bytes(),
+    )?;
+    Ok(())
+}
+
+/// Ctrl-C raises the returned flag; a second Ctrl-C exits at once.
+fn stop_flag() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let _ = ctrlc::set_handler(move || {
+        if s.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after this step (Ctrl-C again to quit without a checkpoint)");
+    });
+    stop
+}
+
+fn bar(quiet: bool, steps: u64) -> ProgressBar {
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(steps)
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{bar:30}] {pos}/{len} steps  {msg}  elapsed {elapsed}  ETA {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar
+}
+
+/// Maps a run error to the CLI's error kinds (bad input → exit 1).
+fn run_error(e: RunError) -> anyhow::Error {
+    match e {
+        RunError::Io { .. } => e.into(),
+        other => Error::InvalidInput(other.to_string()).into(),
+    }
+}
+
+/// The end of a run: stopped → exit 130 with the resume hint; a non-finite loss → an error.
+fn ended(outcome: Outcome, out: &Path, ck: &Path) -> anyhow::Result<()> {
+    match outcome {
+        Outcome::Finished => Ok(()),
+        Outcome::Stopped { step } => {
+            eprintln!(
+                "stopped at step {step}; checkpoint saved in {} (continue with --resume)",
+                ck.display()
+            );
+            bail!(Error::Interrupted)
+        }
+        Outcome::NonFinite { step, loss } => bail!(
+            "{}: the loss became {loss} at step {step}; training stopped, the last good checkpoint in {} is kept (lower the learning rate and resume)",
+            out.display(),
+            ck.display()
+        ),
+    }
+}
+
+fn train_judge(a: TrainJudgeArgs) -> anyhow::Result<()> {
+    if a.steps == 0 || a.batch_size == 0 {
+        bail!(Error::InvalidInput(
+            "steps and batch size must be at least 1".into()
+        ));
+    }
+    let cfg = JudgeTrainConfig::new(a.steps, a.batch_size);
+    let spec: DeviceSpec = a.device.parse()?;
+    let base = dreamforge_core::select_device(spec)?;
+    base.seed(cfg.init_seed);
+    let device = base.clone().autodiff();
+    let judge = Judge::new(&device);
+    let stop = stop_flag();
+    let trainer = Trainer {
+        out_dir: &a.out,
+        total_steps: cfg.steps,
+        checkpoint_every: a.checkpoint_every,
+        base_lr: cfg.lr,
+        schedule: cfg.schedule,
+        optimizer: cfg.optimizer,
+        data_seed: cfg.data_seed,
+        noise_seed: cfg.noise_seed,
+        stop: &stop,
+    };
+    write_run_config(&a.out, &cfg)?;
+    let bar = bar(a.quiet, cfg.steps);
+    let result = trainer.run(
+        &cfg,
+        judge,
+        a.resume,
+        |m, rngs, _| cfg.loss(m, rngs, &device),
+        |p, _| {
+            bar.set_position(p.step);
+            bar.set_message(format!("loss {:.4}  lr {:.2e}", p.loss, p.lr));
+            if a.quiet && p.checkpointed {
+                eprintln!(
+                    "step {}/{} loss {:.4} ({:.0} s)",
+                    p.step, p.total_steps, p.loss, p.seconds
+                );
+            }
+        },
+    );
+    bar.finish_and_clear();
+    let (judge, outcome) = result.map_err(run_error)?;
+    ended(outcome, &a.out, &trainer.checkpoint_dir())?;
+    let judge = judge.valid();
+    let n = 2000;
+    let (all, per) = ground_truth_accuracy(&judge, n, &base);
+    let report = serde_json::json!({
+        "fresh_ground_truth_scenes": n,
+        "accuracy_all_attributes": all,
+        "accuracy_per_head": {
+            "layout": per[0], "background": per[1], "shape0": per[2], "colour0": per[3],
+            "size0": per[4], "shape1": per[5], "colour1": per[6]
+        },
+        "steps": cfg.steps,
+        "batch_size": cfg.batch_size,
+    });
+    let mut meta = HashMap::new();
+    meta.insert("dreamforge.judge.report".to_string(), report.to_string());
+    meta.insert(
+        "dreamforge.judge.run_config".to_string(),
+        serde_json::to_string(&cfg).expect("serializes"),
+    );
+    save_judge(&a.out.join("judge.safetensors"), &judge, &meta)?;
+    dreamforge_core::image_io::write_atomic(
+        &a.out.join("report.json"),
+        serde_json::to_string_pretty(&report)
+            .expect("serializes")
+            .as_bytes(),
+    )?;
+    println!(
+        "judge accuracy on {n} fresh ground-truth scenes: {:.2}% (all attributes right); written to {}",
+        100.0 * all,
+        a.out.join("judge.safetensors").display()
+    );
+    Ok(())
+}
+
+fn run_config(a: &PretrainArgs) -> anyhow::Result<PretrainConfig> {
+    let cfg = match &a.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+            serde_json::from_str(&text)
+                .map_err(|e| Error::config(p, format!("not a nano pretraining config: {e}")))?
+        }
+        None => {
+            let mut c = PretrainConfig::new(a.steps);
+            c.batch_size = a.batch_size;
+            c.lr = a.lr;
+            c
+        }
+    };
+    if cfg.steps == 0 || cfg.batch_size == 0 {
+        bail!(Error::InvalidInput(
+            "steps and batch size must be at least 1".into()
+        ));
+    }
+    cfg.model
+        .validate()
+        .map_err(|r| Error::InvalidInput(format!("nano model config: {r}")))?;
+    Ok(cfg)
+}
+
+fn export(
+    out: &Path,
+    cfg: &PretrainConfig,
+    model: &NanoModel,
+    keys: &NanoKeys,
+    step: u64,
+) -> anyhow::Result<()> {
+    let mut meta = HashMap::new();
+    meta.insert("dreamforge.nano.step".to_string(), step.to_string());
+    meta.insert(
+        "dreamforge.nano.run_config".to_string(),
+        serde_json::to_string(cfg).expect("serializes"),
+    );
+    write_bundle(&out.join("model"), &cfg.model, model, keys, &meta)
+        .with_context(|| format!("exporting the model at step {step}"))?;
+    Ok(())
+}
+
+fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
+    let cfg = run_config(&a)?;
+    let spec: DeviceSpec = a.device.parse()?;
+    let device = dreamforge_core::select_device(spec)?.autodiff();
+    std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
+    let tok_dir = a.out.join("tokenizer");
+    write_tokenizer(&tok_dir, &cfg.model)?;
+    let (model, keys) = init(&cfg.model, cfg.init_seed, &device)?;
+    let task = Pretrainer::new(cfg.clone(), &tok_dir, &model, &device)?;
+    let stop = stop_flag();
+    let trainer = Trainer {
+        out_dir: &a.out,
+        total_steps: cfg.steps,
+        checkpoint_every: a.checkpoint_every,
+        base_lr: cfg.lr,
+        schedule: cfg.schedule,
+        optimizer: cfg.optimizer,
+        data_seed: cfg.data_seed,
+        noise_seed: cfg.noise_seed,
+        stop: &stop,
+    };
+    write_run_config(&a.out, &cfg)?;
+    let bar = bar(a.quiet, cfg.steps);
+    let mut smooth: Option<f32> = None;
+    let mut export_err = None;
+    let result = trainer.run(
+        &cfg,
+        model,
+        a.resume,
+        |m, rngs, _step| task.loss(m, rngs, &device),
+        |p, m| {
+            let s = smooth.map_or(p.loss, |v| 0.95 * v + 0.05 * p.loss);
+            smooth = Some(s);
+            let rate = p.session_steps as f64 / p.session_seconds.max(1e-9);
+            bar.set_position(p.step);
+            bar.set_message(format!("loss {s:.4}  lr {:.2e}  {rate:.2} it/s", p.lr));
+            if a.quiet && p.checkpointed {
+                eprintln!(
+                    "step {}/{} loss {s:.4} ({:.0} s)",
+                    p.step, p.total_steps, p.seconds
+                );
+            }
+            if p.checkpointed && export_err.is_none() {
+                export_err = export(&a.out, &cfg, m, &keys, p.step).err();
+            }
+        },
+    );
+    bar.finish_and_clear();
+    if let Some(e) = export_err {
+        return Err(e);
+    }
+    let (model, outcome) = result.map_err(run_error)?;
+    ended(outcome, &a.out, &trainer.checkpoint_dir())?;
+    export(&a.out, &cfg, &model, &keys, cfg.steps)?;
+    eprintln!(
+        "trained {} steps; model written to {}",
+        cfg.steps,
+        a.out.join("model").display()
+    );
+    Ok(())
+}

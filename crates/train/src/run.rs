@@ -1,0 +1,462 @@
+//! The training loop every dreamforge run shares (nano pretraining, subject fine-tuning):
+//! learning-rate schedule, one optimizer step per iteration through [`train_step`], separate
+//! resumable data / noise streams, the JSONL loss log, periodic atomic checkpoints holding the
+//! run config, exact `--resume` (the config must match the checkpoint's), a stop flag
+//! (Ctrl-C) that saves a checkpoint before returning, and a non-finite loss that stops the run
+//! without an update and without overwriting the last good checkpoint.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::tensor::Tensor;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::checkpoint::{self, CheckpointError};
+use crate::log::{LogLine, LossLog};
+use crate::{LrSchedule, OptimizerConfig, RngState, train_step};
+
+/// The loop's position, saved in every checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    /// Optimizer steps done.
+    pub step: u64,
+    pub data_rng: RngState,
+    pub noise_rng: RngState,
+    /// Training seconds so far, over all sessions of the run.
+    pub seconds: f64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Saved<C> {
+    run: RunState,
+    config: C,
+}
+
+/// The random streams handed to the loss each step: data order / content, and noise /
+/// timesteps.
+pub struct Rngs {
+    pub data: ChaCha8Rng,
+    pub noise: ChaCha8Rng,
+}
+
+/// What the loop reports after each step.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub step: u64,
+    pub total_steps: u64,
+    pub loss: f32,
+    pub lr: f64,
+    /// Training seconds so far (all sessions).
+    pub seconds: f64,
+    /// Steps done in this session (for a rate).
+    pub session_steps: u64,
+    pub session_seconds: f64,
+    /// A checkpoint was written after this step.
+    pub checkpointed: bool,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Outcome {
+    Finished,
+    /// The stop flag was raised; a checkpoint at `step` was written.
+    Stopped {
+        step: u64,
+    },
+    /// The loss at step `step` (1-based) was not finite; nothing was applied or written.
+    NonFinite {
+        step: u64,
+        loss: f32,
+    },
+}
+
+/// Why a run could not start or continue.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: no checkpoint to resume from (start without --resume)")]
+    NoCheckpoint { path: PathBuf },
+    #[error(
+        "{path}: the run config differs from the checkpoint's ({}); resume with the same settings or start a new run in another folder",
+        .differences.join("; ")
+    )]
+    ConfigMismatch {
+        path: PathBuf,
+        differences: Vec<String>,
+    },
+    #[error(
+        "{path}: a run is already here (checkpoint at step {step}); pass --resume to continue it, or choose another --out"
+    )]
+    Exists { path: PathBuf, step: u64 },
+}
+
+/// A run's fixed settings.
+pub struct Trainer<'a> {
+    pub out_dir: &'a Path,
+    pub total_steps: u64,
+    pub checkpoint_every: u64,
+    pub base_lr: f64,
+    pub schedule: LrSchedule,
+    pub optimizer: OptimizerConfig,
+    pub data_seed: u64,
+    pub noise_seed: u64,
+    /// Raised (e.g. by a Ctrl-C handler) to stop after the current step with a checkpoint.
+    pub stop: &'a AtomicBool,
+}
+
+impl Trainer<'_> {
+    /// Where the checkpoint folder lives.
+    pub fn checkpoint_dir(&self) -> PathBuf {
+        self.out_dir.join("checkpoint")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.out_dir.join("loss.jsonl")
+    }
+
+    /// Runs (or, with `resume`, continues) training `model` (on an autodiff device) with the
+    /// per-step scalar `loss(model, rngs, step)`; `config` is the full run config, stored in
+    /// every checkpoint and compared on resume. `progress` sees every step (after its
+    /// checkpoint, if one was written). Returns the model and how the run ended.
+    pub fn run<M, C>(
+        &self,
+        config: &C,
+        model: M,
+        resume: bool,
+        mut loss: impl FnMut(&M, &mut Rngs, u64) -> Tensor<1>,
+        mut progress: impl FnMut(&Progress, &M),
+    ) -> Result<(M, Outcome), RunError>
+    where
+        M: Module + Clone,
+        C: Serialize + DeserializeOwned,
+    {
+        let ck = self.checkpoint_dir();
+        let fresh_state = RunState {
+            step: 0,
+            data_rng: RngState {
+                seed: self.data_seed,
+                word_pos: 0,
+            },
+            noise_rng: RngState {
+                seed: self.noise_seed,
+                word_pos: 0,
+            },
+            seconds: 0.0,
+        };
+        let (mut model, mut optim, state) = if resume {
+            if !ck.join("state.json").exists() {
+                return Err(RunError::NoCheckpoint { path: ck });
+            }
+            let (m, o, saved): (M, _, Saved<serde_json::Value>) =
+                checkpoint::load(&ck, model, self.optimizer.build())?;
+            // Through text, as the checkpoint's copy went (f32 fields print shortest).
+            let now: serde_json::Value = serde_json::from_str(
+                &serde_json::to_string(config).expect("run configs serialize"),
+            )
+            .expect("own JSON parses");
+            let mut differences = Vec::new();
+            diff("", &saved.config, &now, &mut differences);
+            if !differences.is_empty() {
+                return Err(RunError::ConfigMismatch {
+                    path: ck,
+                    differences,
+                });
+            }
+            (m, o, saved.run)
+        } else {
+            if let Ok(text) = std::fs::read_to_string(ck.join("state.json"))
+                && let Ok(saved) = serde_json::from_str::<Saved<serde_json::Value>>(&text)
+            {
+                return Err(RunError::Exists {
+                    path: self.out_dir.to_path_buf(),
+                    step: saved.run.step,
+                });
+            }
+            (model, self.optimizer.build(), fresh_state)
+        };
+        std::fs::create_dir_all(self.out_dir).map_err(|source| RunError::Io {
+            path: self.out_dir.to_path_buf(),
+            source,
+        })?;
+        let log_path = self.log_path();
+        // Lines are numbered by steps done (1-based): keep those up to the checkpoint's step.
+        let keep_below = if resume { state.step + 1 } else { 0 };
+        let mut log = LossLog::open(&log_path, keep_below).map_err(|source| RunError::Io {
+            path: log_path.clone(),
+            source,
+        })?;
+        let mut rngs = Rngs {
+            data: state.data_rng.restore(),
+            noise: state.noise_rng.restore(),
+        };
+        let t0 = Instant::now();
+        let start = state.step;
+        let save = |model: &M, optim: &burn::optim::ModuleOptimizer, rngs: &Rngs, step: u64| {
+            let run = RunState {
+                step,
+                data_rng: RngState::of(self.data_seed, &rngs.data),
+                noise_rng: RngState::of(self.noise_seed, &rngs.noise),
+                seconds: state.seconds + t0.elapsed().as_secs_f64(),
+            };
+            checkpoint::save(&ck, model, optim, &Saved { run, config })
+        };
+        for step in start..self.total_steps {
+            if self.stop.load(Ordering::SeqCst) {
+                save(&model, &optim, &rngs, step)?;
+                return Ok((model, Outcome::Stopped { step }));
+            }
+            let lr = self.schedule.lr(self.base_lr, step);
+            let (m, r) = train_step(model, &mut optim, lr, |m| loss(m, &mut rngs, step));
+            model = m;
+            let value = match r {
+                Ok(v) => v,
+                Err(e) => {
+                    return Ok((
+                        model,
+                        Outcome::NonFinite {
+                            step: step + 1,
+                            loss: e.0,
+                        },
+                    ));
+                }
+            };
+            let seconds = state.seconds + t0.elapsed().as_secs_f64();
+            log.write(&LogLine {
+                step: step + 1,
+                loss: value as f64,
+                lr,
+                seconds,
+            })
+            .map_err(|source| RunError::Io {
+                path: log_path.clone(),
+                source,
+            })?;
+            let done = step + 1 == self.total_steps;
+            let checkpointed =
+                done || (self.checkpoint_every > 0 && (step + 1) % self.checkpoint_every == 0);
+            if checkpointed {
+                save(&model, &optim, &rngs, step + 1)?;
+            }
+            progress(
+                &Progress {
+                    step: step + 1,
+                    total_steps: self.total_steps,
+                    loss: value,
+                    lr,
+                    seconds,
+                    session_steps: step + 1 - start,
+                    session_seconds: t0.elapsed().as_secs_f64(),
+                    checkpointed,
+                },
+                &model,
+            );
+        }
+        Ok((model, Outcome::Finished))
+    }
+}
+
+/// Fresh streams for a loss evaluated outside a run (tests, evaluation).
+pub fn rngs(data_seed: u64, noise_seed: u64) -> Rngs {
+    Rngs {
+        data: ChaCha8Rng::seed_from_u64(data_seed),
+        noise: ChaCha8Rng::seed_from_u64(noise_seed),
+    }
+}
+
+/// Differences between two JSON values as `path: old → new` lines.
+fn diff(path: &str, old: &serde_json::Value, new: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value;
+    match (old, new) {
+        (Value::Object(a), Value::Object(b)) => {
+            let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                match (a.get(k), b.get(k)) {
+                    (Some(x), Some(y)) => diff(&p, x, y, out),
+                    (Some(x), None) => out.push(format!("{p}: {x} in the checkpoint, absent now")),
+                    (None, Some(y)) => out.push(format!("{p}: absent in the checkpoint, {y} now")),
+                    (None, None) => {}
+                }
+            }
+        }
+        (a, b) if a != b => out.push(format!("{path}: {a} in the checkpoint, {b} now")),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::module::Param;
+    use burn::nn::Linear;
+    use burn::tensor::{Device, TensorData};
+    use rand::Rng;
+
+    use crate::ScheduleKind;
+
+    fn host(seed: u64, n: usize) -> Vec<f32> {
+        let mut r = ChaCha8Rng::seed_from_u64(seed);
+        (0..n).map(|_| r.random_range(-1.0..1.0)).collect()
+    }
+
+    fn model(d: &Device) -> Linear {
+        Linear {
+            weight: Param::from_tensor(Tensor::from_data(TensorData::new(host(1, 12), [4, 3]), d)),
+            bias: Some(Param::from_tensor(Tensor::from_data(
+                TensorData::new(host(2, 3), [3]),
+                d,
+            ))),
+        }
+    }
+
+    /// Regress a fixed linear map from data-stream inputs plus noise-stream jitter.
+    fn loss(m: &Linear, r: &mut Rngs, d: &Device, poison: bool) -> Tensor<1> {
+        let x: Vec<f32> = (0..32).map(|_| r.data.random_range(-1.0..1.0)).collect();
+        let j: Vec<f32> = (0..24).map(|_| r.noise.random_range(-0.01..0.01)).collect();
+        let x = Tensor::<2>::from_data(TensorData::new(x, [8, 4]), d);
+        let target = x.clone().sum_dim(1).repeat_dim(1, 3)
+            + Tensor::<2>::from_data(TensorData::new(j, [8, 3]), d);
+        let l = (m.forward(x) - target).square().mean();
+        if poison { l / 0.0 } else { l }
+    }
+
+    fn trainer<'a>(dir: &'a Path, stop: &'a AtomicBool) -> Trainer<'a> {
+        Trainer {
+            out_dir: dir,
+            total_steps: 6,
+            checkpoint_every: 2,
+            base_lr: 0.2,
+            schedule: LrSchedule {
+                kind: ScheduleKind::Cosine,
+                warmup_steps: 1,
+                total_steps: 6,
+                min_lr_ratio: 0.1,
+            },
+            optimizer: OptimizerConfig::default(),
+            data_seed: 3,
+            noise_seed: 4,
+            stop,
+        }
+    }
+
+    fn losses(dir: &Path) -> Vec<f64> {
+        crate::log::read(&dir.join("loss.jsonl"))
+            .unwrap()
+            .iter()
+            .map(|l| l.loss)
+            .collect()
+    }
+
+    #[test]
+    fn a_stopped_and_resumed_run_equals_the_uninterrupted_one() {
+        let d = Device::flex().autodiff();
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = serde_json::json!({"lr": 0.05, "what": "test"});
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        let never = AtomicBool::new(false);
+        // A plain run (no stop) of the test model in `dir`.
+        let go = |dir: &Path, cfg: &serde_json::Value, resume: bool| {
+            trainer(dir, &never).run(
+                cfg,
+                model(&d),
+                resume,
+                |m, r, _| loss(m, r, &d, false),
+                |_, _| {},
+            )
+        };
+        let (ma, out) = go(&a, &cfg, false).unwrap();
+        assert_eq!(out, Outcome::Finished);
+        let full = losses(&a);
+        assert_eq!(full.len(), 6);
+        let eval = |m: &Linear| loss(m, &mut rngs(99, 98), &d, false).into_scalar::<f32>();
+        assert!(
+            eval(&ma) < 0.5 * eval(&model(&d)),
+            "the run learned nothing: {full:?}"
+        );
+
+        // Ctrl-C after step 3 (the flag is seen before step 4): a checkpoint at 3, exit.
+        let stop = AtomicBool::new(false);
+        let (_, out) = trainer(&b, &stop)
+            .run(
+                &cfg,
+                model(&d),
+                false,
+                |m, r, _| loss(m, r, &d, false),
+                |p, _| {
+                    if p.step == 3 {
+                        stop.store(true, Ordering::SeqCst);
+                    }
+                },
+            )
+            .unwrap();
+        assert_eq!(out, Outcome::Stopped { step: 3 });
+        // Not resuming onto an existing run, resuming with other settings, and resuming
+        // where nothing was saved are refused with what to do.
+        let e = go(&b, &cfg, false).unwrap_err().to_string();
+        assert!(e.contains("--resume") && e.contains("step 3"), "{e}");
+        let other = serde_json::json!({"lr": 0.1, "what": "test"});
+        let e = go(&b, &other, true).unwrap_err().to_string();
+        assert!(e.contains("lr: 0.05 in the checkpoint, 0.1 now"), "{e}");
+        let e = go(&tmp.path().join("none"), &cfg, true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no checkpoint"), "{e}");
+
+        // Resume from a fresh model: the rest of the curve and the weights match.
+        let (mb, out) = go(&b, &cfg, true).unwrap();
+        assert_eq!(out, Outcome::Finished);
+        let resumed = losses(&b);
+        assert_eq!(resumed.len(), 6);
+        for (x, y) in full.iter().zip(&resumed) {
+            assert!(
+                (x - y).abs() <= 1e-6 * x.abs().max(1.0),
+                "{full:?} vs {resumed:?}"
+            );
+        }
+        let w = |m: &Linear| m.weight.val().into_data().try_to_vec::<f32>().unwrap();
+        for (x, y) in w(&ma).iter().zip(w(&mb)) {
+            assert!((x - y).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn a_non_finite_loss_stops_without_touching_the_last_checkpoint() {
+        let d = Device::flex().autodiff();
+        let tmp = tempfile::tempdir().unwrap();
+        let never = AtomicBool::new(false);
+        let cfg = serde_json::json!({});
+        let t = trainer(tmp.path(), &never);
+        let (_, out) = t
+            .run(
+                &cfg,
+                model(&d),
+                false,
+                |m, r, step| loss(m, r, &d, step == 4),
+                |_, _| {},
+            )
+            .unwrap();
+        assert!(matches!(out, Outcome::NonFinite { step: 5, loss } if !loss.is_finite()));
+        let state: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(t.checkpoint_dir().join("state.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(state["run"]["step"], 4);
+        assert_eq!(losses(tmp.path()).len(), 4);
+    }
+}
