@@ -4,12 +4,18 @@ medians, ratios and achieved GFLOP/s against the measured f32 matmul peak.
 
     RAYON_NUM_THREADS=2 python tools/bench/compare.py --threads 2 [--tokens 256,1024,4096]
     RAYON_NUM_THREADS=2 python tools/bench/compare.py --suite unet --threads 2
+    python tools/bench/compare.py --suite nano-train --threads 2 [--steps 10]
 
 `--suite flux` (the default): benches/flux_blocks.rs vs tools/bench/flux_blocks.py.
 `--suite unet`: benches/unet_blocks.rs vs tools/bench/unet_blocks.py (SD UNet ResnetBlock2D,
 Transformer2DModel, full UNet2DConditionModel step; same F16 random weights on both sides). Its
 FLOPs, parameters and activation bytes come from target/criterion/unet_blocks_cases.json (written
 by the bench) and are checked against torch's FlopCounterMode.
+`--suite nano-train`: benches/nano_train_step.rs vs tools/bench/nano_train_step.py — one nano
+pretraining step (forward + backward + AdamW, transformer and text encoder jointly, batch 32).
+dreamforge's step includes its data preparation (procedural render + tokenize, share shown);
+torch gets random tensors. GFLOP per step = 3 × the analytic forward count (checked against
+torch's FlopCounterMode forward count); parameter counts are checked to be equal.
 
 Run on an otherwise idle machine; paste the table into BENCHMARKS.md with the date and machine.
 """
@@ -41,7 +47,7 @@ def criterion_median(group, name):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--suite", choices=["flux", "unet"], default="flux")
+    ap.add_argument("--suite", choices=["flux", "unet", "nano-train"], default="flux")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--width", type=int, default=3072, help="flux: block width")
     ap.add_argument("--text", type=int, default=None, help="text tokens (flux 512, unet 77)")
@@ -58,9 +64,12 @@ def main():
     ap.add_argument("--matmul", type=int, default=2048, help="unet: side of the peak matmul")
     ap.add_argument("--runs", type=int, default=10, help="unet: torch timed runs per block")
     ap.add_argument("--unet-runs", type=int, default=5, help="unet: torch timed runs of the full UNet")
+    ap.add_argument("--steps", type=int, default=10, help="nano-train: timed steps per side (median)")
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--skip-rust", action="store_true")
     a = ap.parse_args()
+    if a.suite == "nano-train":
+        return main_nano(a)
     if a.suite == "unet":
         a.text = 77 if a.text is None else a.text
         return main_unet(a)
@@ -160,6 +169,42 @@ def main_unet(a):
         print("FLOP count mismatches (analytic vs torch FlopCounterMode):\n" + "\n".join(mismatches))
     else:
         print("FLOP counts: the analytic counts equal torch FlopCounterMode's for every row.")
+
+
+def main_nano(a):
+    env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads), NANO_BENCH_STEPS=str(a.steps))
+    if not a.skip_rust:
+        subprocess.run(["cargo", "bench", "--bench", "nano_train_step"], cwd=ROOT, env=env, check=True)
+    torch_env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads))
+    t = json.loads(subprocess.run(
+        [a.python, str(ROOT / "tools/bench/nano_train_step.py"), "--threads", str(a.threads),
+         "--steps", str(a.steps)], env=torch_env, check=True, capture_output=True, text=True).stdout)
+    r = json.loads((ROOT / "target" / "criterion" / "nano_train_step.json").read_text())
+    f = r["flops_step"]
+    rs, ts = r["step_median_s"], t["step_median_s"]
+    print(f"nano pretraining step, batch {r['batch']}, {r['image_tokens']} image + {r['text_tokens']} text tokens, "
+          f"{a.threads} threads; transformer {r['params_transformer'] / 1e6:.2f} M + text encoder "
+          f"{r['params_text_encoder'] / 1e6:.2f} M parameters; {a.steps} timed steps each (median)\n")
+    print("| unit | GFLOP / step | dreamforge s | torch s | dreamforge / torch | dreamforge data-prep share "
+          "| dreamforge GFLOP/s | torch GFLOP/s |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(f"| nano train step (fwd + bwd + AdamW) | {f / 1e9:.1f} | {rs:.3f} | {ts:.3f} | {rs / ts:.2f} "
+          f"| {100 * r['data_share']:.1f}% | {f / rs / 1e9:.1f} | {f / ts / 1e9:.1f} |")
+    print()
+    problems = []
+    for k in ("params_transformer", "params_text_encoder", "batch"):
+        if r[k] != t[k]:
+            problems.append(f"{k}: dreamforge {r[k]}, torch {t[k]}")
+    counted = t.get("flops_forward_counted")
+    if counted is not None and abs(counted - r["flops_forward"]) > 1e-6 * counted:
+        problems.append(f"forward FLOPs: analytic {r['flops_forward'] / 1e9:.3f} G, "
+                        f"torch FlopCounterMode {counted / 1e9:.3f} G")
+    if problems:
+        print("Mismatches:\n" + "\n".join(problems))
+    else:
+        step_counted = t.get("flops_step_counted")
+        extra = f"; FlopCounterMode counts {step_counted / 1e9:.1f} GFLOP for the whole step" if step_counted else ""
+        print(f"Parameter counts equal; the analytic forward FLOPs equal torch FlopCounterMode's{extra}.")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ use dreamforge_nano::judge::Judge;
 use dreamforge_nano::judge_train::{JudgeTrainConfig, ground_truth_accuracy, save_judge};
 use dreamforge_nano::model::{NanoKeys, NanoModel, init, write_bundle};
 use dreamforge_nano::pretrain::{PretrainConfig, Pretrainer, write_tokenizer};
-use dreamforge_train::{Outcome, RunError, Trainer};
+use dreamforge_train::{Outcome, RunError, RunOutput, Trainer};
 
 #[derive(Subcommand)]
 pub enum NanoCommand {
@@ -202,6 +202,7 @@ fn train_judge(a: TrainJudgeArgs) -> anyhow::Result<()> {
         data_seed: cfg.data_seed,
         noise_seed: cfg.noise_seed,
         stop: &stop,
+        ema_decay: None,
     };
     write_run_config(&a.out, &cfg)?;
     let bar = bar(a.quiet, cfg.steps);
@@ -210,7 +211,7 @@ fn train_judge(a: TrainJudgeArgs) -> anyhow::Result<()> {
         judge,
         a.resume,
         |m, rngs, _| cfg.loss(m, rngs, &device),
-        |p, _| {
+        |p, _, _| {
             bar.set_position(p.step);
             bar.set_message(format!("loss {:.4}  lr {:.2e}", p.loss, p.lr));
             if a.quiet && p.checkpointed {
@@ -222,7 +223,11 @@ fn train_judge(a: TrainJudgeArgs) -> anyhow::Result<()> {
         },
     );
     bar.finish_and_clear();
-    let (judge, outcome) = result.map_err(run_error)?;
+    let RunOutput {
+        model: judge,
+        outcome,
+        ..
+    } = result.map_err(run_error)?;
     ended(outcome, &a.out, &trainer.checkpoint_dir())?;
     let judge = judge.valid();
     let n = 2000;
@@ -321,6 +326,7 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
         data_seed: cfg.data_seed,
         noise_seed: cfg.noise_seed,
         stop: &stop,
+        ema_decay: cfg.ema_decay,
     };
     write_run_config(&a.out, &cfg)?;
     let bar = bar(a.quiet, cfg.steps);
@@ -331,7 +337,7 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
         model,
         a.resume,
         |m, rngs, _step| task.loss(m, rngs, &device),
-        |p, m| {
+        |p, m, ema| {
             let s = smooth.map_or(p.loss, |v| 0.95 * v + 0.05 * p.loss);
             smooth = Some(s);
             let rate = p.session_steps as f64 / p.session_seconds.max(1e-9);
@@ -344,7 +350,7 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
                 );
             }
             if p.checkpointed && export_err.is_none() {
-                export_err = export(&a.out, &cfg, m, &keys, p.step).err();
+                export_err = export(&a.out, &cfg, ema.unwrap_or(m), &keys, p.step).err();
             }
         },
     );
@@ -352,9 +358,19 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
     if let Some(e) = export_err {
         return Err(e);
     }
-    let (model, outcome) = result.map_err(run_error)?;
+    let RunOutput {
+        model,
+        ema,
+        outcome,
+    } = result.map_err(run_error)?;
     ended(outcome, &a.out, &trainer.checkpoint_dir())?;
-    export(&a.out, &cfg, &model, &keys, cfg.steps)?;
+    export(
+        &a.out,
+        &cfg,
+        ema.as_ref().unwrap_or(&model),
+        &keys,
+        cfg.steps,
+    )?;
     eprintln!(
         "trained {} steps; model written to {}",
         cfg.steps,

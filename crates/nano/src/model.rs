@@ -125,7 +125,7 @@ impl Default for NanoConfig {
         .expect("valid CLIP config");
         let scheduler: FlowMatchConfig = serde_json::from_value(json!({
             "num_train_timesteps": 1000,
-            "shift": 1.0,
+            "shift": 3.0,
             "use_dynamic_shifting": false
         }))
         .expect("valid scheduler config");

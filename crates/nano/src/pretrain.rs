@@ -37,11 +37,19 @@ pub struct PretrainConfig {
     pub schedule: LrSchedule,
     pub optimizer: OptimizerConfig,
     pub timesteps: TimestepSampling,
+    /// Resolution shift applied to the drawn σ (`shift·σ / (1 + (shift − 1)·σ)`): pixel tokens
+    /// are 192 values wide, so noise destroys little at mid σ and the decisions (layout,
+    /// colours) happen near σ = 1, as at high resolution in SD3 / FLUX; the sampler uses the
+    /// same shift (the bundle's scheduler config).
+    pub timestep_shift: f64,
     /// Probability of training a sample with the empty caption.
     pub caption_dropout: f64,
     pub init_seed: u64,
     pub data_seed: u64,
     pub noise_seed: u64,
+    /// Keep an EMA of the weights with this decay and export it instead of the raw weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema_decay: Option<f64>,
 }
 
 impl PretrainConfig {
@@ -64,10 +72,12 @@ impl PretrainConfig {
                 ..Default::default()
             },
             timesteps: TimestepSampling::default(),
+            timestep_shift: 3.0,
             caption_dropout: 0.1,
             init_seed: 0,
             data_seed: 1,
             noise_seed: 2,
+            ema_decay: Some(0.999),
         }
     }
 }
@@ -149,7 +159,10 @@ impl Pretrainer {
             .text_encoder
             .forward(ids)
             .expect("ids within the vocabulary");
-        let sigmas = self.config.timesteps.sample_sigmas(&mut rngs.noise, b, 1.0);
+        let sigmas =
+            self.config
+                .timesteps
+                .sample_sigmas(&mut rngs.noise, b, self.config.timestep_shift);
         let noise: Vec<f32> = (0..b * l * c)
             .map(|_| StandardNormal.sample(&mut rngs.noise))
             .collect();

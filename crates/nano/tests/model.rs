@@ -4,8 +4,10 @@
 
 use std::collections::HashMap;
 
-use burn::tensor::Device;
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
 use dreamforge_core::export::module_tensors;
+use dreamforge_models::dit::flux::FluxInputs;
 use dreamforge_models::text::tokenizer::TextTokenizer;
 use dreamforge_nano::judge::Judge;
 use dreamforge_nano::judge_train::{load_judge, save_judge};
@@ -94,9 +96,47 @@ fn a_trained_tiny_nano_model_exports_as_a_flux_pipeline_that_samples() {
     let pipe = FluxPipeline::load(&comps, &Device::flex()).unwrap();
     assert_eq!(pipe.vae_scale_factor(), 2);
     assert_eq!(pipe.vae.native_size(), Some(16));
-    // The exported transformer is the trained one, weight for weight.
+    // The loaded pipeline computes what the trained model computes.
     let trained = keys.transformer.export(&model.transformer).unwrap();
     assert_eq!(keys.transformer.export(&pipe.transformer).unwrap(), trained);
+    let m = model.valid();
+    let cpu = Device::flex();
+    let ids = p
+        .token_ids(
+            &["a small red circle on a blue background, top left", ""],
+            &cpu,
+        )
+        .unwrap();
+    let (t_ref, t_got) = (
+        m.text_encoder.forward(ids.clone()).unwrap(),
+        pipe.text_encoder.forward(ids).unwrap(),
+    );
+    let close = |a: Tensor<3>, b: Tensor<3>| {
+        let d = (a - b).abs().max().into_scalar::<f32>();
+        assert!(d < 1e-5, "outputs differ by {d}");
+    };
+    close(t_ref.last_hidden_state.clone(), t_got.last_hidden_state);
+    let x = Tensor::<3>::random(
+        [2, 4, 48],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &cpu,
+    );
+    let inputs = |tr: &dreamforge_models::text::clip::ClipTextOutput| FluxInputs {
+        hidden_states: x.clone(),
+        encoder_hidden_states: tr.last_hidden_state.clone(),
+        pooled_projections: tr.pooler_output.clone(),
+        timestep: vec![0.3, 0.9],
+        guidance: None,
+    };
+    let rope = pipe.transformer.rope(
+        &[0.0; 48],
+        &dreamforge_pipeline::latents::image_ids(2, 2),
+        &cpu,
+    );
+    close(
+        m.transformer.forward(inputs(&t_ref), &rope).unwrap(),
+        pipe.transformer.forward(inputs(&t_ref), &rope).unwrap(),
+    );
     let req = FluxRequest {
         prompt: "a small red circle on a blue background, top left".into(),
         negative_prompt: Some(String::new()),

@@ -42,6 +42,18 @@ pub fn save<M: Module + Clone, S: Serialize>(
     optim: &ModuleOptimizer,
     state: &S,
 ) -> Result<(), CheckpointError> {
+    save_with(dir, model, None, optim, state)
+}
+
+/// [`save`] plus a second module of the same type stored as `<name>.bpk` (e.g. the EMA copy),
+/// in the same atomic swap.
+pub fn save_with<M: Module + Clone, S: Serialize>(
+    dir: &Path,
+    model: &M,
+    extra: Option<(&str, &M)>,
+    optim: &ModuleOptimizer,
+    state: &S,
+) -> Result<(), CheckpointError> {
     let name = dir
         .file_name()
         .ok_or_else(|| format(dir, "not a folder name"))?
@@ -61,10 +73,22 @@ pub fn save<M: Module + Clone, S: Serialize>(
     optim
         .save(tmp.join("optim.bpk"))
         .map_err(|e| format(&tmp.join("optim.bpk"), format!("{e:?}")))?;
+    let mut files = vec![
+        "model.bpk".to_string(),
+        "optim.bpk".into(),
+        "state.json".into(),
+    ];
+    if let Some((name, m)) = extra {
+        let p = tmp.join(format!("{name}.bpk"));
+        m.clone()
+            .save_file(&p)
+            .map_err(|e| format(&p, format!("{e:?}")))?;
+        files.push(format!("{name}.bpk"));
+    }
     let json = serde_json::to_vec_pretty(state).map_err(|e| format(&tmp, e))?;
     let state_path = tmp.join("state.json");
     std::fs::write(&state_path, json).map_err(io(&state_path))?;
-    for f in ["model.bpk", "optim.bpk", "state.json"] {
+    for f in &files {
         let p = tmp.join(f);
         std::fs::File::open(&p)
             .and_then(|h| h.sync_all())
@@ -114,6 +138,20 @@ pub fn load<M: Module, S: DeserializeOwned>(
     let text = std::fs::read_to_string(&sp).map_err(io(&sp))?;
     let state = serde_json::from_str(&text).map_err(|e| format(&sp, e))?;
     Ok((model, optim, state))
+}
+
+/// Reads the extra module `<name>.bpk` a checkpoint was saved with into `template`.
+pub fn load_extra<M: Module>(dir: &Path, name: &str, template: M) -> Result<M, CheckpointError> {
+    let p = dir.join(format!("{name}.bpk"));
+    if !p.exists() {
+        return Err(format(
+            dir,
+            format!("`{name}.bpk` is missing (the run was started without it)"),
+        ));
+    }
+    template
+        .try_load_file(&p)
+        .map_err(|e| format(&p, format!("cannot load {name}: {e:?}")))
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! and of every checkpoint), atomic checkpoints with exact resume, and the JSONL loss log.
 
 pub mod checkpoint;
+pub mod ema;
 pub mod freeze;
 pub mod log;
 pub mod objective;
@@ -16,9 +17,11 @@ pub mod timesteps;
 
 pub use checkpoint::CheckpointError;
 pub use freeze::train_only;
-pub use optim::OptimizerConfig;
+pub use optim::{ClipMode, OptimizerConfig};
 pub use rng::RngState;
-pub use run::{Outcome, Progress, Rngs, RunError, RunState, Trainer};
+pub use run::{Outcome, Progress, Rngs, RunError, RunOutput, RunState, Trainer};
 pub use schedule::{LrSchedule, ScheduleKind};
-pub use step::{NonFiniteLoss, train_step, train_step_accumulated};
+pub use step::{
+    NonFiniteLoss, clip_global_norm, train_step, train_step_accumulated, train_step_clipped,
+};
 pub use timesteps::TimestepSampling;

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::checkpoint::{self, CheckpointError};
 use crate::log::{LogLine, LossLog};
-use crate::{LrSchedule, OptimizerConfig, RngState, train_step};
+use crate::{LrSchedule, OptimizerConfig, RngState, train_step_clipped};
 
 /// The loop's position, saved in every checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -112,6 +112,18 @@ pub struct Trainer<'a> {
     pub noise_seed: u64,
     /// Raised (e.g. by a Ctrl-C handler) to stop after the current step with a checkpoint.
     pub stop: &'a AtomicBool,
+    /// Keep an exponential moving average of the parameters with this decay (see
+    /// [`crate::ema`]); saved in every checkpoint as `ema.bpk`.
+    pub ema_decay: Option<f64>,
+}
+
+/// What a run hands back.
+#[derive(Debug)]
+pub struct RunOutput<M> {
+    pub model: M,
+    /// The parameter average, when the run keeps one (off the autodiff graph).
+    pub ema: Option<M>,
+    pub outcome: Outcome,
 }
 
 impl Trainer<'_> {
@@ -127,15 +139,15 @@ impl Trainer<'_> {
     /// Runs (or, with `resume`, continues) training `model` (on an autodiff device) with the
     /// per-step scalar `loss(model, rngs, step)`; `config` is the full run config, stored in
     /// every checkpoint and compared on resume. `progress` sees every step (after its
-    /// checkpoint, if one was written). Returns the model and how the run ended.
+    /// checkpoint, if one was written) with the model and its average, if kept. Returns the model and how the run ended.
     pub fn run<M, C>(
         &self,
         config: &C,
         model: M,
         resume: bool,
         mut loss: impl FnMut(&M, &mut Rngs, u64) -> Tensor<1>,
-        mut progress: impl FnMut(&Progress, &M),
-    ) -> Result<(M, Outcome), RunError>
+        mut progress: impl FnMut(&Progress, &M, Option<&M>),
+    ) -> Result<RunOutput<M>, RunError>
     where
         M: Module + Clone,
         C: Serialize + DeserializeOwned,
@@ -199,37 +211,61 @@ impl Trainer<'_> {
             data: state.data_rng.restore(),
             noise: state.noise_rng.restore(),
         };
+        let mut ema = match self.ema_decay {
+            None => None,
+            Some(_) if resume => Some(checkpoint::load_extra(&ck, "ema", model.valid())?),
+            Some(_) => Some(model.valid()),
+        };
         let t0 = Instant::now();
         let start = state.step;
-        let save = |model: &M, optim: &burn::optim::ModuleOptimizer, rngs: &Rngs, step: u64| {
+        let save = |model: &M,
+                    ema: &Option<M>,
+                    optim: &burn::optim::ModuleOptimizer,
+                    rngs: &Rngs,
+                    step: u64| {
             let run = RunState {
                 step,
                 data_rng: RngState::of(self.data_seed, &rngs.data),
                 noise_rng: RngState::of(self.noise_seed, &rngs.noise),
                 seconds: state.seconds + t0.elapsed().as_secs_f64(),
             };
-            checkpoint::save(&ck, model, optim, &Saved { run, config })
+            let extra = ema.as_ref().map(|e| ("ema", e));
+            checkpoint::save_with(&ck, model, extra, optim, &Saved { run, config })
         };
         for step in start..self.total_steps {
             if self.stop.load(Ordering::SeqCst) {
-                save(&model, &optim, &rngs, step)?;
-                return Ok((model, Outcome::Stopped { step }));
+                save(&model, &ema, &optim, &rngs, step)?;
+                return Ok(RunOutput {
+                    model,
+                    ema,
+                    outcome: Outcome::Stopped { step },
+                });
             }
             let lr = self.schedule.lr(self.base_lr, step);
-            let (m, r) = train_step(model, &mut optim, lr, |m| loss(m, &mut rngs, step));
+            let clip = self.optimizer.global_clip();
+            let (m, r) =
+                train_step_clipped(model, &mut optim, lr, clip, |m| loss(m, &mut rngs, step));
             model = m;
             let value = match r {
                 Ok(v) => v,
                 Err(e) => {
-                    return Ok((
+                    return Ok(RunOutput {
                         model,
-                        Outcome::NonFinite {
+                        ema,
+                        outcome: Outcome::NonFinite {
                             step: step + 1,
                             loss: e.0,
                         },
-                    ));
+                    });
                 }
             };
+            if let (Some(d), Some(e)) = (self.ema_decay, ema.take()) {
+                ema = Some(crate::ema::update(
+                    e,
+                    &model,
+                    crate::ema::decay_at(d, step + 1),
+                ));
+            }
             let seconds = state.seconds + t0.elapsed().as_secs_f64();
             log.write(&LogLine {
                 step: step + 1,
@@ -245,7 +281,7 @@ impl Trainer<'_> {
             let checkpointed =
                 done || (self.checkpoint_every > 0 && (step + 1) % self.checkpoint_every == 0);
             if checkpointed {
-                save(&model, &optim, &rngs, step + 1)?;
+                save(&model, &ema, &optim, &rngs, step + 1)?;
             }
             progress(
                 &Progress {
@@ -259,9 +295,14 @@ impl Trainer<'_> {
                     checkpointed,
                 },
                 &model,
+                ema.as_ref(),
             );
         }
-        Ok((model, Outcome::Finished))
+        Ok(RunOutput {
+            model,
+            ema,
+            outcome: Outcome::Finished,
+        })
     }
 }
 
@@ -352,6 +393,7 @@ mod tests {
             data_seed: 3,
             noise_seed: 4,
             stop,
+            ema_decay: Some(0.5),
         }
     }
 
@@ -377,11 +419,12 @@ mod tests {
                 model(&d),
                 resume,
                 |m, r, _| loss(m, r, &d, false),
-                |_, _| {},
+                |_, _, _| {},
             )
         };
-        let (ma, out) = go(&a, &cfg, false).unwrap();
-        assert_eq!(out, Outcome::Finished);
+        let ra = go(&a, &cfg, false).unwrap();
+        assert_eq!(ra.outcome, Outcome::Finished);
+        let ma = ra.model;
         let full = losses(&a);
         assert_eq!(full.len(), 6);
         let eval = |m: &Linear| loss(m, &mut rngs(99, 98), &d, false).into_scalar::<f32>();
@@ -392,20 +435,20 @@ mod tests {
 
         // Ctrl-C after step 3 (the flag is seen before step 4): a checkpoint at 3, exit.
         let stop = AtomicBool::new(false);
-        let (_, out) = trainer(&b, &stop)
+        let out = trainer(&b, &stop)
             .run(
                 &cfg,
                 model(&d),
                 false,
                 |m, r, _| loss(m, r, &d, false),
-                |p, _| {
+                |p, _, _| {
                     if p.step == 3 {
                         stop.store(true, Ordering::SeqCst);
                     }
                 },
             )
             .unwrap();
-        assert_eq!(out, Outcome::Stopped { step: 3 });
+        assert_eq!(out.outcome, Outcome::Stopped { step: 3 });
         // Not resuming onto an existing run, resuming with other settings, and resuming
         // where nothing was saved are refused with what to do.
         let e = go(&b, &cfg, false).unwrap_err().to_string();
@@ -419,8 +462,9 @@ mod tests {
         assert!(e.contains("no checkpoint"), "{e}");
 
         // Resume from a fresh model: the rest of the curve and the weights match.
-        let (mb, out) = go(&b, &cfg, true).unwrap();
-        assert_eq!(out, Outcome::Finished);
+        let rb = go(&b, &cfg, true).unwrap();
+        assert_eq!(rb.outcome, Outcome::Finished);
+        let mb = rb.model;
         let resumed = losses(&b);
         assert_eq!(resumed.len(), 6);
         for (x, y) in full.iter().zip(&resumed) {
@@ -433,6 +477,13 @@ mod tests {
         for (x, y) in w(&ma).iter().zip(w(&mb)) {
             assert!((x - y).abs() < 1e-6);
         }
+        // The parameter average continues exactly too (saved as ema.bpk), and is not the
+        // model itself.
+        let (ea, eb) = (ra.ema.unwrap(), rb.ema.unwrap());
+        for (x, y) in w(&ea).iter().zip(w(&eb)) {
+            assert!((x - y).abs() < 1e-6);
+        }
+        assert!(w(&ea).iter().zip(w(&ma)).any(|(x, y)| (x - y).abs() > 1e-4));
     }
 
     #[test]
@@ -442,16 +493,16 @@ mod tests {
         let never = AtomicBool::new(false);
         let cfg = serde_json::json!({});
         let t = trainer(tmp.path(), &never);
-        let (_, out) = t
+        let out = t
             .run(
                 &cfg,
                 model(&d),
                 false,
                 |m, r, step| loss(m, r, &d, step == 4),
-                |_, _| {},
+                |_, _, _| {},
             )
             .unwrap();
-        assert!(matches!(out, Outcome::NonFinite { step: 5, loss } if !loss.is_finite()));
+        assert!(matches!(out.outcome, Outcome::NonFinite { step: 5, loss } if !loss.is_finite()));
         let state: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(t.checkpoint_dir().join("state.json")).unwrap(),
         )

@@ -3,7 +3,7 @@
 //! makes no update (the model comes back unchanged) and is reported, so the run can stop with
 //! its last good checkpoint.
 
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::Tensor;
 
@@ -20,13 +20,67 @@ pub fn train_step<M: Module>(
     lr: f64,
     loss: impl FnOnce(&M) -> Tensor<1>,
 ) -> (M, Result<f32, NonFiniteLoss>) {
+    train_step_clipped(model, optim, lr, None, loss)
+}
+
+/// [`train_step`] with the gradients first scaled together to a global L2 norm of at most
+/// `global_clip` (`torch.nn.utils.clip_grad_norm_` over all parameters), when given.
+pub fn train_step_clipped<M: Module>(
+    model: M,
+    optim: &mut ModuleOptimizer,
+    lr: f64,
+    global_clip: Option<f32>,
+    loss: impl FnOnce(&M) -> Tensor<1>,
+) -> (M, Result<f32, NonFiniteLoss>) {
     let l = loss(&model);
     let value = l.clone().into_scalar::<f32>();
     if !value.is_finite() {
         return (model, Err(NonFiniteLoss(value)));
     }
-    let grads = GradientsParams::from_grads(l.backward(), &model);
+    let mut grads = GradientsParams::from_grads(l.backward(), &model);
+    if let Some(max) = global_clip {
+        clip_global_norm(&model, &mut grads, max);
+    }
     (optim.step(lr, model, grads), Ok(value))
+}
+
+struct SquaredNorm<'a> {
+    grads: &'a GradientsParams,
+    total: f64,
+}
+
+impl ModuleVisitor for SquaredNorm<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = self.grads.get::<D>(param.id) {
+            self.total += g.square().sum().into_scalar::<f32>() as f64;
+        }
+    }
+}
+
+struct Scale<'a> {
+    grads: &'a mut GradientsParams,
+    factor: f32,
+}
+
+impl ModuleVisitor for Scale<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = self.grads.remove::<D>(param.id) {
+            self.grads.register(param.id, g * self.factor);
+        }
+    }
+}
+
+/// Scales every gradient of `model` by `max_norm / (norm + 1e-6)` when their global L2 norm
+/// exceeds `max_norm` (torch's `clip_grad_norm_`); returns the norm before clipping.
+pub fn clip_global_norm<M: Module>(model: &M, grads: &mut GradientsParams, max_norm: f32) -> f32 {
+    let mut n = SquaredNorm { grads, total: 0.0 };
+    model.visit(&mut n);
+    let norm = n.total.sqrt() as f32;
+    let factor = max_norm / (norm + 1e-6);
+    if factor < 1.0 {
+        model.visit(&mut Scale { grads, factor });
+    }
+    norm
 }
 
 /// One optimizer step over `micro_batches` micro-batches (gradient accumulation): `loss(m, i)`
@@ -178,6 +232,38 @@ mod tests {
         assert!(moved > 1e-4, "the step moved the weights ({moved})");
         for (a, b) in w(&full).iter().zip(&w(&acc)) {
             assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn global_clipping_scales_all_gradients_together_like_torch() {
+        let d = Device::flex().autodiff();
+        let (x, y) = data(&d, 2);
+        let loss = |m: &Mlp| (m.forward(x.clone()) - y.clone()).square().mean() * 100.0;
+        // SGD's update is lr · gradient: compare the clipped step with the raw one.
+        let w = |m: &Mlp| -> Vec<f32> {
+            let mut v: Vec<f32> = m.a.weight.val().into_data().try_to_vec().unwrap();
+            v.extend(m.b.weight.val().into_data().try_to_vec::<f32>().unwrap());
+            v
+        };
+        let start = w(&Mlp::new(&d, 4));
+        let delta = |m: &Mlp| -> Vec<f32> { w(m).iter().zip(&start).map(|(a, b)| a - b).collect() };
+        let mut o = burn::optim::SgdConfig::new().init();
+        let (raw, _) = train_step_clipped(Mlp::new(&d, 4), &mut o, 1.0, None, loss);
+        let mut o = burn::optim::SgdConfig::new().init();
+        let (clipped, _) = train_step_clipped(Mlp::new(&d, 4), &mut o, 1.0, Some(0.5), loss);
+        let (dr, dc) = (delta(&raw), delta(&clipped));
+        let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        // The weights carry most of the gradient (biases add a little): the raw step is long,
+        // the clipped one is the same direction scaled by one factor.
+        assert!(norm(&dr) > 1.0, "raw step {}", norm(&dr));
+        let k = norm(&dc) / norm(&dr);
+        assert!(
+            k < 0.5 / norm(&dr) + 1e-3,
+            "clipped to at most the bound: {k}"
+        );
+        for (a, b) in dr.iter().zip(&dc) {
+            assert!((a * k - b).abs() < 1e-5, "{a} · {k} vs {b}");
         }
     }
 

@@ -24,7 +24,10 @@ pub struct SampleArgs {
     /// Model: a diffusers pipeline folder (FLUX.1, SD 1.x/2.x, SDXL), a single-file SD/SDXL
     /// checkpoint, or a single-file FLUX transformer (BFL or diffusers keys) [default: the
     /// built-in nano model].
-    #[arg(long, default_value_os_t = PathBuf::new(), hide_default_value = true)]
+    #[arg(long = "model")]
+    pub model_arg: Option<PathBuf>,
+    /// The resolved model path (`--model`, else the built-in nano model).
+    #[arg(skip)]
     pub model: PathBuf,
     /// Prompt text.
     #[arg(long)]
@@ -190,9 +193,10 @@ impl Ctx {
 }
 
 pub fn run(mut a: SampleArgs) -> anyhow::Result<()> {
-    if a.model.as_os_str().is_empty() {
-        a.model = crate::builtin::nano_model()?;
-    }
+    a.model = match a.model_arg.clone() {
+        Some(m) => m,
+        None => crate::builtin::nano_model()?,
+    };
     if a.upscale == 0 || a.upscale > 64 {
         return Err(Error::InvalidInput("--upscale must be between 1 and 64".into()).into());
     }

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Prompt fidelity of a nano model on N held-out prompts (first object a (shape, colour)
+# combination never captioned in pretraining): one image per prompt with `dreamforge sample`
+# (seed 1000 + i), then `dreamforge eval` on the folder (prompts read back from the PNGs).
+#
+#   tools/nano/fidelity.sh OUT_DIR [N=200] [MODEL=built-in] [extra `sample` flags...]
+#
+# DREAMFORGE selects the binary (default target/release/dreamforge).
+set -euo pipefail
+bin=${DREAMFORGE:-target/release/dreamforge}
+out=$1
+n=${2:-200}
+model=${3:-}
+shift $(( $# < 3 ? $# : 3 ))
+mkdir -p "$out"
+i=0
+start=$(date +%s.%N)
+while IFS= read -r prompt; do
+  "$bin" sample ${model:+--model "$model"} --prompt "$prompt" --seed $((1000 + i)) \
+    --out "$out" --quiet "$@" > /dev/null
+  i=$((i + 1))
+done < <("$bin" nano prompts --held-out --count "$n")
+end=$(date +%s.%N)
+echo "sampled $i images in $(echo "$end - $start" | bc) s (model load included)"
+"$bin" eval --images "$out" --json "$out/eval.json"
