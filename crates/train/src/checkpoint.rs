@@ -1,13 +1,16 @@
 //! Trainer checkpoints: a folder holding the model parameters (`model.bpk`, Burn's burnpack
-//! record), the optimizer state (`optim.bpk`) and `state.json` (step, RNG positions, the run
-//! config as JSON). Written into a temporary sibling folder and renamed over the previous one,
-//! so a crash or a kill mid-write leaves the previous checkpoint intact.
+//! record), the optimizer state (`optim.bpk`, Burn's record, for AdamW or any Burn
+//! `ModuleOptimizer`; `optim.safetensors` for Prodigy, see [`crate::prodigy`]) and
+//! `state.json` (step, RNG positions, the run config as JSON). Written into a temporary sibling
+//! folder and renamed over the previous one, so a crash or a kill mid-write leaves the previous
+//! checkpoint intact.
 
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
-use burn::optim::ModuleOptimizer;
 use serde::{Serialize, de::DeserializeOwned};
+
+use crate::optim::ModelOptimizer;
 
 /// Why a checkpoint could not be written or read.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +42,7 @@ fn format(path: &Path, reason: impl ToString) -> CheckpointError {
 pub fn save<M: Module + Clone, S: Serialize>(
     dir: &Path,
     model: &M,
-    optim: &ModuleOptimizer,
+    optim: &impl ModelOptimizer,
     state: &S,
 ) -> Result<(), CheckpointError> {
     save_with(dir, model, None, optim, state)
@@ -51,7 +54,7 @@ pub fn save_with<M: Module + Clone, S: Serialize>(
     dir: &Path,
     model: &M,
     extra: Option<(&str, &M)>,
-    optim: &ModuleOptimizer,
+    optim: &impl ModelOptimizer,
     state: &S,
 ) -> Result<(), CheckpointError> {
     let name = dir
@@ -70,12 +73,13 @@ pub fn save_with<M: Module + Clone, S: Serialize>(
         .clone()
         .save_file(tmp.join("model.bpk"))
         .map_err(|e| format(&tmp.join("model.bpk"), format!("{e:?}")))?;
+    let optim_file = optim.state_file();
     optim
-        .save(tmp.join("optim.bpk"))
-        .map_err(|e| format(&tmp.join("optim.bpk"), format!("{e:?}")))?;
+        .save_state(&tmp.join(optim_file))
+        .map_err(|e| format(&tmp.join(optim_file), e))?;
     let mut files = vec![
         "model.bpk".to_string(),
-        "optim.bpk".into(),
+        optim_file.into(),
         "state.json".into(),
     ];
     if let Some((name, m)) = extra {
@@ -112,12 +116,12 @@ pub fn save_with<M: Module + Clone, S: Serialize>(
 
 /// Reads a checkpoint written by [`save`] into `model` / `optim` (fresh instances of the same
 /// architecture and optimizer config).
-pub fn load<M: Module, S: DeserializeOwned>(
+pub fn load<M: Module, O: ModelOptimizer, S: DeserializeOwned>(
     dir: &Path,
     model: M,
-    optim: ModuleOptimizer,
-) -> Result<(M, ModuleOptimizer, S), CheckpointError> {
-    for f in ["model.bpk", "optim.bpk", "state.json"] {
+    optim: O,
+) -> Result<(M, O, S), CheckpointError> {
+    for f in ["model.bpk", optim.state_file(), "state.json"] {
         let p = dir.join(f);
         if !p.exists() {
             return Err(format(
@@ -130,14 +134,18 @@ pub fn load<M: Module, S: DeserializeOwned>(
     let model = model
         .try_load_file(&mp)
         .map_err(|e| format(&mp, format!("cannot load the model: {e:?}")))?;
-    let op = dir.join("optim.bpk");
+    let op = dir.join(optim.state_file());
     let optim = optim
-        .load(&op)
-        .map_err(|e| format(&op, format!("cannot load the optimizer state: {e:?}")))?;
+        .load_state(&op)
+        .map_err(|e| format(&op, format!("cannot load the optimizer state: {e}")))?;
+    Ok((model, optim, read_state(dir)?))
+}
+
+/// Reads only a checkpoint's `state.json` (e.g. to compare its run config before loading).
+pub fn read_state<S: DeserializeOwned>(dir: &Path) -> Result<S, CheckpointError> {
     let sp = dir.join("state.json");
     let text = std::fs::read_to_string(&sp).map_err(io(&sp))?;
-    let state = serde_json::from_str(&text).map_err(|e| format(&sp, e))?;
-    Ok((model, optim, state))
+    serde_json::from_str(&text).map_err(|e| format(&sp, e))
 }
 
 /// Reads the extra module `<name>.bpk` a checkpoint was saved with into `template`.
@@ -189,8 +197,10 @@ mod tests {
             load(&ck, fresh.clone(), AdamWConfig::new().init()).unwrap();
         assert_eq!(st["step"], 2);
         // Missing and corrupt parts are named.
-        let err = |r: Result<(Linear, ModuleOptimizer, serde_json::Value), CheckpointError>| match r
-        {
+        let err = |r: Result<
+            (Linear, burn::optim::ModuleOptimizer, serde_json::Value),
+            CheckpointError,
+        >| match r {
             Ok(_) => panic!("loaded a bad checkpoint"),
             Err(e) => e.to_string(),
         };

@@ -1,7 +1,8 @@
 //! dreamforge-train: the trainer shared by nano pretraining and subject fine-tuning — the
 //! functional train step over Burn autodiff, training objectives for every parameterization,
-//! learning-rate schedules and training-timestep sampling (serde values: part of a run config
-//! and of every checkpoint), atomic checkpoints with exact resume, and the JSONL loss log.
+//! the optimizers (AdamW, Prodigy), learning-rate schedules and training-timestep sampling
+//! (serde values: part of a run config and of every checkpoint), atomic checkpoints with exact
+//! resume, and the JSONL loss log.
 
 pub mod checkpoint;
 pub mod ema;
@@ -9,6 +10,7 @@ pub mod freeze;
 pub mod log;
 pub mod objective;
 pub mod optim;
+pub mod prodigy;
 pub mod rng;
 pub mod run;
 pub mod schedule;
@@ -17,7 +19,8 @@ pub mod timesteps;
 
 pub use checkpoint::CheckpointError;
 pub use freeze::train_only;
-pub use optim::{ClipMode, OptimizerConfig};
+pub use optim::{Algorithm, ClipMode, ModelOptimizer, Optimizer, OptimizerConfig};
+pub use prodigy::{Prodigy, ProdigyConfig};
 pub use rng::RngState;
 pub use run::{Outcome, Progress, Rngs, RunError, RunOutput, RunState, Trainer};
 pub use schedule::{LrSchedule, ScheduleKind};

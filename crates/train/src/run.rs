@@ -169,8 +169,8 @@ impl Trainer<'_> {
             if !ck.join("state.json").exists() {
                 return Err(RunError::NoCheckpoint { path: ck });
             }
-            let (m, o, saved): (M, _, Saved<serde_json::Value>) =
-                checkpoint::load(&ck, model, self.optimizer.build())?;
+            // The config first: another optimizer's state would fail to load less clearly.
+            let saved: Saved<serde_json::Value> = checkpoint::read_state(&ck)?;
             // Through text, as the checkpoint's copy went (f32 fields print shortest).
             let now: serde_json::Value = serde_json::from_str(
                 &serde_json::to_string(config).expect("run configs serialize"),
@@ -184,6 +184,8 @@ impl Trainer<'_> {
                     differences,
                 });
             }
+            let (m, o, _): (M, _, serde_json::Value) =
+                checkpoint::load(&ck, model, self.optimizer.build())?;
             (m, o, saved.run)
         } else {
             if let Ok(text) = std::fs::read_to_string(ck.join("state.json"))
@@ -220,7 +222,7 @@ impl Trainer<'_> {
         let start = state.step;
         let save = |model: &M,
                     ema: &Option<M>,
-                    optim: &burn::optim::ModuleOptimizer,
+                    optim: &crate::optim::Optimizer,
                     rngs: &Rngs,
                     step: u64| {
             let run = RunState {
@@ -509,5 +511,54 @@ mod tests {
         .unwrap();
         assert_eq!(state["run"]["step"], 4);
         assert_eq!(losses(tmp.path()).len(), 4);
+    }
+
+    #[test]
+    fn a_prodigy_run_resumes_exactly() {
+        let d = Device::flex().autodiff();
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = serde_json::json!({});
+        let never = AtomicBool::new(false);
+        let prodigy = |dir, stop| Trainer {
+            base_lr: 1.0,
+            optimizer: serde_json::from_str(r#"{"algorithm": {"prodigy": {"d0": 1e-3}}}"#).unwrap(),
+            ema_decay: None,
+            ..trainer(dir, stop)
+        };
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        let straight = prodigy(&a, &never)
+            .run(
+                &cfg,
+                model(&d),
+                false,
+                |m, r, _| loss(m, r, &d, false),
+                |_, _, _| {},
+            )
+            .unwrap();
+        let stop = AtomicBool::new(false);
+        let out = prodigy(&b, &stop)
+            .run(
+                &cfg,
+                model(&d),
+                false,
+                |m, r, _| loss(m, r, &d, false),
+                |p, _, _| stop.store(p.step == 3, Ordering::SeqCst),
+            )
+            .unwrap();
+        assert_eq!(out.outcome, Outcome::Stopped { step: 3 });
+        assert!(b.join("checkpoint/optim.safetensors").exists());
+        let resumed = prodigy(&b, &never)
+            .run(
+                &cfg,
+                model(&d),
+                true,
+                |m, r, _| loss(m, r, &d, false),
+                |_, _, _| {},
+            )
+            .unwrap();
+        let w = |m: &Linear| m.weight.val().into_data().try_to_vec::<f32>().unwrap();
+        assert_ne!(w(&straight.model), w(&model(&d)));
+        assert_eq!(w(&straight.model), w(&resumed.model));
+        assert_eq!(losses(&a), losses(&b));
     }
 }

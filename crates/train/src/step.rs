@@ -4,8 +4,10 @@
 //! its last good checkpoint.
 
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
+
+use crate::optim::ModelOptimizer;
 
 /// A loss that is not a finite number; no update was made.
 #[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
@@ -14,9 +16,11 @@ pub struct NonFiniteLoss(pub f32);
 
 /// One optimizer step at learning rate `lr`; `loss` computes a scalar loss from the model.
 /// Returns the updated model and the loss, or the unchanged model and the non-finite loss.
+/// `optim`: what [`OptimizerConfig::build`](crate::OptimizerConfig::build) makes, or a Burn
+/// `ModuleOptimizer`.
 pub fn train_step<M: Module>(
     model: M,
-    optim: &mut ModuleOptimizer,
+    optim: &mut impl ModelOptimizer,
     lr: f64,
     loss: impl FnOnce(&M) -> Tensor<1>,
 ) -> (M, Result<f32, NonFiniteLoss>) {
@@ -27,7 +31,7 @@ pub fn train_step<M: Module>(
 /// `global_clip` (`torch.nn.utils.clip_grad_norm_` over all parameters), when given.
 pub fn train_step_clipped<M: Module>(
     model: M,
-    optim: &mut ModuleOptimizer,
+    optim: &mut impl ModelOptimizer,
     lr: f64,
     global_clip: Option<f32>,
     loss: impl FnOnce(&M) -> Tensor<1>,
@@ -89,7 +93,7 @@ pub fn clip_global_norm<M: Module>(model: &M, grads: &mut GradientsParams, max_n
 /// mean loss; any non-finite micro-batch loss makes no update.
 pub fn train_step_accumulated<M: Module>(
     model: M,
-    optim: &mut ModuleOptimizer,
+    optim: &mut impl ModelOptimizer,
     lr: f64,
     micro_batches: usize,
     mut loss: impl FnMut(&M, usize) -> Tensor<1>,
@@ -175,7 +179,7 @@ mod tests {
 
     fn run(
         model: Mlp,
-        optim: &mut ModuleOptimizer,
+        optim: &mut impl ModelOptimizer,
         from: u64,
         to: u64,
         d: &Device,
