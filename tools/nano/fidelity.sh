@@ -5,7 +5,8 @@
 #
 #   tools/nano/fidelity.sh OUT_DIR [N=200] [MODEL=built-in] [extra `sample` flags...]
 #
-# DREAMFORGE selects the binary (default target/release/dreamforge).
+# DREAMFORGE selects the binary (default target/release/dreamforge); SPLIT=--seen samples
+# prompts of seen combinations instead (to tune sampling settings away from the test prompts).
 set -euo pipefail
 bin=${DREAMFORGE:-target/release/dreamforge}
 out=$1
@@ -19,7 +20,7 @@ while IFS= read -r prompt; do
   "$bin" sample ${model:+--model "$model"} --prompt "$prompt" --seed $((1000 + i)) \
     --out "$out" --quiet "$@" > /dev/null
   i=$((i + 1))
-done < <("$bin" nano prompts --held-out --count "$n")
+done < <("$bin" nano prompts "${SPLIT:---held-out}" --count "$n")
 end=$(date +%s.%N)
 echo "sampled $i images in $(echo "$end - $start" | bc) s (model load included)"
 "$bin" eval --images "$out" --json "$out/eval.json"

@@ -34,8 +34,12 @@ pub enum NanoCommand {
         count: u64,
         /// Only scenes whose first object is a (shape, colour) combination never captioned in
         /// pretraining.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "seen")]
         held_out: bool,
+        /// Only scenes made of combinations pretraining captions (for tuning sampling settings
+        /// without touching the held-out prompts).
+        #[arg(long)]
+        seen: bool,
         /// First scene seed (scene i uses seed + i).
         #[arg(long, default_value_t = 1 << 41)]
         seed: u64,
@@ -100,10 +104,16 @@ pub fn run(cmd: NanoCommand) -> anyhow::Result<()> {
         NanoCommand::Prompts {
             count,
             held_out,
+            seen,
             seed,
         } => {
+            let split = match (held_out, seen) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            };
             for i in 0..count {
-                let scene = dreamforge_nano::sample_scene(seed + i, held_out.then_some(true));
+                let scene = dreamforge_nano::sample_scene(seed + i, split);
                 println!("{}", dreamforge_nano::caption(&scene));
             }
             Ok(())
