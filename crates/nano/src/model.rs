@@ -273,12 +273,7 @@ pub fn write_bundle(
         &keys.text_encoder.export(&model.text_encoder)?,
         metadata,
     )?;
-    write_json(&dir.join("tokenizer/tokenizer.json"), &tokenizer_json())?;
-    write_json(
-        &dir.join("tokenizer/tokenizer_config.json"),
-        &json!({"bos_token": BOS, "eos_token": EOS, "pad_token": EOS, "unk_token": UNK,
-                "model_max_length": cfg.max_tokens()}),
-    )?;
+    crate::pretrain::write_tokenizer(&dir.join("tokenizer"), cfg)?;
     write_json(&dir.join("vae/config.json"), &cfg.vae)?;
     let mut scfg = serde_json::to_value(&cfg.scheduler).expect("serializes");
     scfg["_class_name"] = json!("FlowMatchEulerDiscreteScheduler");

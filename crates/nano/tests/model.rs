@@ -19,8 +19,10 @@ use dreamforge_train::run::rngs;
 use dreamforge_train::{OptimizerConfig, train_step};
 
 fn tiny() -> NanoConfig {
-    let mut c = NanoConfig::default();
-    c.side = 16;
+    let mut c = NanoConfig {
+        side: 16,
+        ..Default::default()
+    };
     c.vae.patch_size = 2;
     c.vae.sample_size = Some(16);
     c.transformer.in_channels = 48;
