@@ -41,6 +41,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Sample(args) => sample::run(*args),
@@ -55,6 +56,22 @@ fn main() -> ExitCode {
             eprintln!("error: {}", one_line(&e));
             ExitCode::from(code)
         }
+    }
+}
+
+/// Tells glibc's malloc to keep freed memory for reuse instead of handing it back to the kernel.
+/// The CPU backend allocates a fresh buffer for every tensor; with glibc's defaults, large ones
+/// are `mmap`ed and unmapped each time, so every step page-faults its working set in again
+/// (measured on the nano training step: page faults and page clearing ≈ 10% of the time, the
+/// step 10% faster with this). Peak memory is unchanged: freed blocks are reused.
+#[allow(unsafe_code)]
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
     }
 }
 

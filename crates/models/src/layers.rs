@@ -1,6 +1,6 @@
 //! Small building blocks shared by the model families, each matching its PyTorch / diffusers
 //! counterpart numerically: affine-free LayerNorm, RMSNorm, sinusoidal timestep embeddings,
-//! multi-head SDPA on `[B, S, H·D]` tensors.
+//! multi-head SDPA on `[B, S, H·D]` tensors, the tanh-approximated GELU.
 
 use burn::module::{Module, Param};
 use burn::tensor::module::attention;
@@ -18,6 +18,22 @@ pub fn layer_norm_plain<const D: usize>(x: Tensor<D>, eps: f64) -> Tensor<D> {
     let xc = x - mean;
     let var = xc.clone().square().mean_dim(D - 1);
     xc / (var + eps).sqrt()
+}
+
+/// `F.gelu(x, approximate="tanh")` = `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`, computed
+/// through the identity `0.5·(1 + tanh(u)) = sigmoid(2u)` as `x · sigmoid(x·(a + b·x²))` with
+/// `a = 2√(2/π)`, `b = 0.044715·a`. Same function (differences at f32 rounding level), but
+/// one fused sigmoid (forward and backward) instead of `powf` + `tanh`, which CPU backends
+/// evaluate per element through libm: measured on the nano training step, Burn's
+/// `gelu_approximate` took about 20% of the time.
+///
+/// # Shapes
+/// any → same
+pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    const A: f64 = 2.0 * core::f64::consts::FRAC_2_SQRT_PI * core::f64::consts::FRAC_1_SQRT_2;
+    const B: f64 = 0.044715 * A;
+    let u = x.clone() * (x.clone().square() * B + A);
+    x * burn::tensor::activation::sigmoid(u)
 }
 
 /// diffusers / T5 `RMSNorm` with a learned scale: `x · rsqrt(mean(x²) + eps) · weight`.
@@ -166,5 +182,46 @@ mod nearest_tests {
             .try_to_vec::<f32>()
             .unwrap();
         assert_eq!(&y2[..6], &[0.0, 0.0, 1.0, 1.0, 2.0, 2.0]);
+    }
+}
+
+#[cfg(test)]
+mod gelu_tests {
+    use super::*;
+
+    /// The sigmoid form against the tanh definition (f64), values and gradients, over the
+    /// range where GELU bends and into both tails.
+    #[test]
+    fn gelu_tanh_matches_the_tanh_definition() {
+        let xs: Vec<f64> = (-120..=120).map(|i| i as f64 * 0.1).collect();
+        let reference = |x: f64| {
+            let k = (2.0 / std::f64::consts::PI).sqrt();
+            0.5 * x * (1.0 + (k * (x + 0.044715 * x.powi(3))).tanh())
+        };
+        let device = Device::flex().autodiff();
+        let x = Tensor::<1>::from_data(
+            TensorData::new(xs.iter().map(|&v| v as f32).collect::<Vec<_>>(), [xs.len()]),
+            &device,
+        )
+        .require_grad();
+        let y = gelu_tanh(x.clone());
+        let grads = y.clone().sum().backward();
+        let gx: Vec<f32> = x.grad(&grads).unwrap().into_data().try_to_vec().unwrap();
+        let y: Vec<f32> = y.into_data().try_to_vec().unwrap();
+        for (i, &v) in xs.iter().enumerate() {
+            let want = reference(v);
+            assert!(
+                (y[i] as f64 - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                "gelu({v}) = {} vs {want}",
+                y[i]
+            );
+            let h = 1e-5;
+            let dwant = (reference(v + h) - reference(v - h)) / (2.0 * h);
+            assert!(
+                (gx[i] as f64 - dwant).abs() <= 1e-5,
+                "gelu'({v}) = {} vs {dwant}",
+                gx[i]
+            );
+        }
     }
 }

@@ -3,7 +3,7 @@
 use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::Tensor;
-use burn::tensor::activation::{gelu_approximate, silu};
+use burn::tensor::activation::silu;
 
 use dreamforge_core::{Result, WeightLoader};
 
@@ -32,7 +32,7 @@ impl FeedForward {
     /// `[B, S, dim]` → `[B, S, dim]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         self.proj_out
-            .forward(gelu_approximate(self.proj_in.forward(x)))
+            .forward(crate::layers::gelu_tanh(self.proj_in.forward(x)))
     }
 }
 

@@ -5,7 +5,7 @@
 use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::Tensor;
-use burn::tensor::activation::{gelu_approximate, silu};
+use burn::tensor::activation::silu;
 
 use dreamforge_core::{Result, WeightLoader};
 
@@ -50,7 +50,7 @@ impl SingleBlock {
     pub fn forward(&self, x: Tensor<3>, temb: Tensor<2>, rope: &Rope) -> Tensor<3> {
         let m = chunks(self.norm.forward(silu(temb)), 3); // shift, scale, gate
         let xn = modulate(x.clone(), m[0].clone(), m[1].clone());
-        let mlp = gelu_approximate(self.proj_mlp.forward(xn.clone()));
+        let mlp = crate::layers::gelu_tanh(self.proj_mlp.forward(xn.clone()));
         let (q, k, v) = self.attn.forward(xn);
         let a = sdpa_merge_heads(rope.apply(q), rope.apply(k), v);
         let h = self.proj_out.forward(Tensor::cat(vec![a, mlp], 2));

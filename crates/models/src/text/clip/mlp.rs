@@ -4,7 +4,7 @@
 use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::Tensor;
-use burn::tensor::activation::{gelu, gelu_approximate, sigmoid};
+use burn::tensor::activation::{gelu, sigmoid};
 
 use dreamforge_core::{Result, WeightLoader};
 
@@ -41,7 +41,7 @@ impl ClipMlp {
         let h = match self.act {
             ClipActivation::QuickGelu => h.clone() * sigmoid(h * 1.702),
             ClipActivation::Gelu => gelu(h),
-            ClipActivation::GeluTanh => gelu_approximate(h),
+            ClipActivation::GeluTanh => crate::layers::gelu_tanh(h),
         };
         self.fc2.forward(h)
     }

@@ -5,7 +5,7 @@
 use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::Tensor;
-use burn::tensor::activation::{gelu, gelu_approximate, relu, silu};
+use burn::tensor::activation::{gelu, relu, silu};
 
 use dreamforge_core::{Result, WeightLoader};
 
@@ -16,7 +16,7 @@ pub fn activate<const D: usize>(act: T5Activation, x: Tensor<D>) -> Tensor<D> {
     match act {
         T5Activation::Relu => relu(x),
         T5Activation::Gelu => gelu(x),
-        T5Activation::GeluTanh => gelu_approximate(x),
+        T5Activation::GeluTanh => crate::layers::gelu_tanh(x),
         T5Activation::Silu => silu(x),
     }
 }
