@@ -89,7 +89,7 @@ struct Attach<'a, K, F> {
 impl<K, F> Reparameterizer for Attach<'_, K, F>
 where
     K: Fn(&str) -> Option<String>,
-    F: FnMut(&str, usize, usize, &Device) -> Vec<Branch>,
+    F: FnMut(&str, usize, usize, &Device) -> Vec<Option<Branch>>,
 {
     type Reparam = Adapters;
 
@@ -110,7 +110,7 @@ where
         let dims = param.val().dims();
         let device = param.lazy_device();
         let branches = (self.make)(&module, dims[0], dims[1], &device);
-        if branches.is_empty() {
+        if branches.iter().all(Option::is_none) {
             return (param, None);
         }
         self.adapted.push(module);
@@ -119,14 +119,14 @@ where
 }
 
 /// Gives every 2-D weight whose checkpoint module name (`key_of(path)` without `.weight`)
-/// matches `targets` the branches `make(module, d_in, d_out, device)` returns (none: left
-/// alone). All adapters of a weight must be attached in one pass: attaching replaces any
+/// matches `targets` the branches `make(module, d_in, d_out, device)` returns, slot `i` for
+/// adapter `i` (`None` where adapter `i` skips the weight; all `None`: left alone). All adapters of a weight must be attached in one pass: attaching replaces any
 /// adapters the weight had. Returns the model and the adapted module names, in model order.
 pub fn attach<M: Module>(
     model: M,
     key_of: impl Fn(&str) -> Option<String>,
     targets: &Regex,
-    make: impl FnMut(&str, usize, usize, &Device) -> Vec<Branch>,
+    make: impl FnMut(&str, usize, usize, &Device) -> Vec<Option<Branch>>,
 ) -> (M, Vec<String>) {
     let mut adapted = Vec::new();
     let model = model.apply_reparameterization(Attach {

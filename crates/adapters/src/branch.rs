@@ -68,24 +68,27 @@ impl Branch {
     }
 }
 
-/// The adapters attached to one weight: `W_eff = W + Σ ΔW_i`.
+/// The adapters attached to one weight: `W_eff = W + Σ ΔW_i`. Slot `i` is adapter `i` of the
+/// attach call (`None` where that adapter does not touch this weight), so per-adapter state
+/// (a T-LoRA schedule) is addressed by the same index on every weight.
 #[derive(Module, Debug)]
 pub struct Adapters {
-    pub branches: Vec<Branch>,
+    pub branches: Vec<Option<Branch>>,
 }
 
 impl Reparameterization for Adapters {
     const NAME: &'static str = "adapters";
 
     fn apply<const D: usize>(&self, base: Tensor<D>) -> Tensor<D> {
-        if D != 2 || self.branches.is_empty() {
+        if D != 2 {
             return base;
         }
+        let mut active = self.branches.iter().flatten();
+        let Some(first) = active.next() else {
+            return base;
+        };
         let shape = base.shape();
-        let mut sum = self.branches[0].delta();
-        for b in &self.branches[1..] {
-            sum = sum + b.delta();
-        }
+        let sum = active.fold(first.delta(), |acc, b| acc + b.delta());
         base + sum.reshape(shape)
     }
 }

@@ -16,11 +16,13 @@
 
 pub mod attach;
 pub mod branch;
+pub mod file;
 pub mod rank;
 pub mod step;
 
 pub use attach::{AdapterInit, AdapterKind, attach};
 pub use branch::{Adapters, Branch, Frozen};
+pub use file::{AdapterFile, FileAdapter, Format, LayerWeights, attach_files, collect};
 pub use rank::RankSchedule;
 pub use step::at_step;
 

@@ -94,7 +94,12 @@ fn set_up(model: Net, up: Vec<f32>, device: &Device) -> Net {
                 return p;
             }
             let (v, dev) = (self.0.to_vec(), self.1.clone());
-            p.map(|t| Tensor::from_data(TensorData::new(v, t.shape()), &dev))
+            p.map(|t| {
+                // Cycle the given values over the factor's size.
+                let n = t.shape().num_elements();
+                let data: Vec<f32> = v.iter().copied().cycle().take(n).collect();
+                Tensor::from_data(TensorData::new(data, t.shape()), &dev)
+            })
         }
     }
     model.map(&mut SetUp(&up, device.clone(), Vec::new()))
@@ -114,7 +119,7 @@ fn lora_attaches_by_checkpoint_name_and_matches_peft_math() {
     };
     let targets = Regex::new(r"^model\.a$").unwrap();
     let (model, adapted) = attach(base.clone(), key_of, &targets, |m, i, o, d| {
-        vec![init.branch(m, i, o, d)]
+        vec![Some(init.branch(m, i, o, d))]
     });
     assert_eq!(adapted, vec!["model.a".to_string()]);
     assert!(
@@ -139,7 +144,9 @@ fn lora_attaches_by_checkpoint_name_and_matches_peft_math() {
         .weight
         .reparameterization::<crate::Adapters>()
         .unwrap()
-        .branches[0];
+        .branches[0]
+        .as_ref()
+        .unwrap();
     let a = host(br.down.val());
     // PEFT init of A: U(±1/√d_in).
     assert!(a.iter().all(|v| v.abs() <= 1.0 / (D_IN as f32).sqrt()) && a.iter().any(|v| *v != 0.0));
@@ -182,7 +189,7 @@ fn tlora_mask_follows_the_step() {
     };
     let targets = Regex::new(r"^model\.a$").unwrap();
     let (model, _) = attach(base.clone(), key_of, &targets, |m, i, o, d| {
-        vec![init.branch(m, i, o, d)]
+        vec![Some(init.branch(m, i, o, d))]
     });
     let up = values(9, D_OUT * 4);
     let model = set_up(model, up.clone(), &device);
@@ -193,6 +200,8 @@ fn tlora_mask_follows_the_step() {
             .reparameterization::<crate::Adapters>()
             .unwrap()
             .branches[0]
+            .as_ref()
+            .unwrap()
             .down
             .val(),
     );
@@ -283,7 +292,7 @@ fn only_adapter_factors_train() {
         base,
         key_of,
         &Regex::new(r"^model\.(a|b)$").unwrap(),
-        |m, i, o, d| vec![init.branch(m, i, o, d)],
+        |m, i, o, d| vec![Some(init.branch(m, i, o, d))],
     );
     assert_eq!(adapted.len(), 2);
     let x = t2(values(3, 2 * D_IN), [2, D_IN], &device);
@@ -291,4 +300,186 @@ fn only_adapter_factors_train() {
     let grads = GradientsParams::from_grads(loss.backward(), &model);
     // down and up of each adapted layer; no base weight, bias or mask.
     assert_eq!(grads.len(), 4);
+}
+
+mod files {
+    use super::*;
+    use crate::{AdapterFile, FileAdapter, Format, attach_files, collect};
+    use dreamforge_core::HostTensor;
+    use std::collections::{BTreeMap, HashMap};
+
+    fn trained(device: &Device) -> (Net, Net) {
+        let base = net(device);
+        let init = AdapterInit {
+            kind: AdapterKind::Lora {
+                alpha: 4.0,
+                rslora: false,
+            },
+            rank: 2,
+            seed: 3,
+        };
+        let (m, _) = attach(
+            base.clone(),
+            key_of,
+            &Regex::new(r"^model\.(a|b)$").unwrap(),
+            |m, i, o, d| vec![Some(init.branch(m, i, o, d))],
+        );
+        (base, set_up(m, values(11, 8), device))
+    }
+
+    #[test]
+    fn a_trained_lora_round_trips_through_peft_and_kohya_files() {
+        let device = Device::flex();
+        let (base, model) = trained(&device);
+        let x = t2(values(4, 3 * D_IN), [3, D_IN], &device);
+        let want = host(model.b.forward(model.a.forward(x.clone())));
+        let layers = collect(&model, key_of, 0, Some(4.0));
+        assert_eq!(layers.keys().collect::<Vec<_>>(), ["model.a", "model.b"]);
+        let dir = tempfile::tempdir().unwrap();
+        let peft = dir.path().join("peft.safetensors");
+        AdapterFile::write_peft(&peft, "transformer", &layers, &HashMap::new()).unwrap();
+        // kohya naming of the same factors, alpha as 0-d tensors.
+        let kohya = dir.path().join("kohya.safetensors");
+        let mut t = Vec::new();
+        for (name, l) in &layers {
+            let k = format!("lora_unet_{}", name.replace('.', "_"));
+            t.push((format!("{k}.lora_down.weight"), l.down.clone()));
+            t.push((format!("{k}.lora_up.weight"), l.up.clone()));
+            t.push((format!("{k}.alpha"), HostTensor::new(vec![], vec![4.0])));
+        }
+        dreamforge_core::export::save_safetensors(&kohya, &t, &HashMap::new()).unwrap();
+        for (path, format) in [(&peft, Format::Peft), (&kohya, Format::Kohya)] {
+            let f = AdapterFile::read(path).unwrap();
+            assert_eq!(f.format, format);
+            let (m, unmatched) = attach_files(
+                base.clone(),
+                "transformer",
+                key_of,
+                &[FileAdapter {
+                    file: &f,
+                    strength: 1.0,
+                }],
+            )
+            .unwrap();
+            assert!(unmatched.iter().all(Vec::is_empty), "{unmatched:?}");
+            let got = host(m.b.forward(m.a.forward(x.clone())));
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() < 1e-5, "{format:?}: {g} vs {w}");
+            }
+            // Strength 0 is the base model; two copies at 0.5 each are one at 1.
+            let (m0, _) = attach_files(
+                base.clone(),
+                "transformer",
+                key_of,
+                &[FileAdapter {
+                    file: &f,
+                    strength: 0.0,
+                }],
+            )
+            .unwrap();
+            assert_eq!(
+                host(m0.a.forward(x.clone())),
+                host(base.a.forward(x.clone()))
+            );
+            let half = FileAdapter {
+                file: &f,
+                strength: 0.5,
+            };
+            let (m2, _) = attach_files(base.clone(), "transformer", key_of, &[half, half]).unwrap();
+            let got = host(m2.b.forward(m2.a.forward(x.clone())));
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() < 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn bad_adapter_files_are_named() {
+        let device = Device::flex();
+        let (base, model) = trained(&device);
+        let dir = tempfile::tempdir().unwrap();
+        // Factors for another model: layer `model.a` with the wrong input width.
+        let mut layers: BTreeMap<String, crate::LayerWeights> = collect(&model, key_of, 0, None);
+        let l = layers.get_mut("model.a").unwrap();
+        l.down = HostTensor::new(vec![2, D_IN + 1], vec![0.0; 2 * (D_IN + 1)]);
+        let p = dir.path().join("wrong.safetensors");
+        AdapterFile::write_peft(&p, "transformer", &layers, &HashMap::new()).unwrap();
+        let f = AdapterFile::read(&p).unwrap();
+        let e = attach_files(
+            base.clone(),
+            "transformer",
+            key_of,
+            &[FileAdapter {
+                file: &f,
+                strength: 1.0,
+            }],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("wrong.safetensors") && e.contains("model.a") && e.contains("[out 4, in 5]"),
+            "{e}"
+        );
+        // A file of another component: nothing matches, reported per adapter.
+        let ok = collect(&model, key_of, 0, None);
+        let q = dir.path().join("te.safetensors");
+        AdapterFile::write_peft(&q, "text_encoder", &ok, &HashMap::new()).unwrap();
+        let f = AdapterFile::read(&q).unwrap();
+        let (_, unmatched) = attach_files(
+            base.clone(),
+            "transformer",
+            key_of,
+            &[FileAdapter {
+                file: &f,
+                strength: 1.0,
+            }],
+        )
+        .unwrap();
+        assert_eq!(unmatched[0].len(), 2);
+        // A down without its up, and a file without LoRA keys.
+        let d = dir.path().join("half.safetensors");
+        dreamforge_core::export::save_safetensors(
+            &d,
+            &[(
+                "x.lora_A.weight".into(),
+                HostTensor::new(vec![1, 2], vec![0.0; 2]),
+            )],
+            &HashMap::new(),
+        )
+        .unwrap();
+        let e = AdapterFile::read(&d).unwrap_err().to_string();
+        assert!(
+            e.contains("half.safetensors") && e.contains("no up factor"),
+            "{e}"
+        );
+        let n = dir.path().join("none.safetensors");
+        dreamforge_core::export::save_safetensors(
+            &n,
+            &[("w".into(), HostTensor::new(vec![1], vec![0.0]))],
+            &HashMap::new(),
+        )
+        .unwrap();
+        let e = AdapterFile::read(&n).unwrap_err().to_string();
+        assert!(e.contains("no LoRA layers found"), "{e}");
+    }
+
+    #[test]
+    fn peft_alpha_comes_from_diffusers_metadata() {
+        let device = Device::flex();
+        let (_, model) = trained(&device);
+        let layers = collect(&model, key_of, 0, None);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.safetensors");
+        let meta = HashMap::from([(
+            "lora_adapter_metadata".to_string(),
+            r#"{"transformer.r": 2, "transformer.lora_alpha": 8}"#.to_string(),
+        )]);
+        AdapterFile::write_peft(&p, "transformer", &layers, &meta).unwrap();
+        let f = AdapterFile::read(&p).unwrap();
+        assert!(
+            f.layers
+                .values()
+                .all(|l| l.alpha == Some(8.0) && l.scale() == 4.0)
+        );
+    }
 }
