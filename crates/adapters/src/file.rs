@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use dreamforge_core::weights::SafetensorsFile;
 use dreamforge_core::{Error, HostTensor, Result};
 
+use crate::rank::RankSchedule;
+
 /// How a file names its layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -56,6 +58,11 @@ pub struct AdapterFile {
     pub layers: BTreeMap<String, LayerWeights>,
     pub metadata: HashMap<String, String>,
 }
+
+/// The safetensors metadata key of dreamforge's own adapter description (JSON: `method`
+/// `lora`|`tlora`, `rank`, `min_rank`, `rank_exponent`, `lora_alpha`, `target_modules`,
+/// `trigger`, `base_model`, `run_config`).
+pub const META_KEY: &str = "dreamforge_adapter";
 
 const PEFT_A: [&str; 2] = [".lora_A.weight", ".lora_A.default.weight"];
 const KOHYA_DOWN: &str = ".lora_down.weight";
@@ -177,6 +184,22 @@ impl AdapterFile {
             }
         }
         dreamforge_core::export::save_safetensors(path, &tensors, metadata)
+    }
+
+    /// The rank schedule of a T-LoRA file (from its `dreamforge_adapter` metadata: method
+    /// `tlora`, `min_rank`, `rank_exponent`); `None` for a plain LoRA.
+    pub fn schedule(&self) -> Option<RankSchedule> {
+        let v: serde_json::Value = serde_json::from_str(self.metadata.get(META_KEY)?).ok()?;
+        if v.get("method")?.as_str()? != "tlora" {
+            return None;
+        }
+        Some(RankSchedule {
+            min_rank: v.get("min_rank")?.as_u64()? as usize,
+            exponent: v
+                .get("rank_exponent")
+                .and_then(|e| e.as_f64())
+                .unwrap_or(1.0),
+        })
     }
 
     /// The file's layer for checkpoint module `module` of the model's `component`: PEFT names

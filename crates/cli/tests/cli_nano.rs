@@ -133,3 +133,103 @@ fn pretraining_refuses_bad_resumes_with_what_to_do() {
     let o = pre(&["--steps", "1", "--resume"]);
     assert_fails(&o, 1, &["optim.bpk", "missing"]);
 }
+
+/// A LoRA for the nano transformer (PEFT naming): `to_q` of the first double block.
+fn write_lora(path: &std::path::Path, d_in: usize, module: &str, metadata: Option<(&str, &str)>) {
+    let r = 2;
+    let vals = |n: usize, s: u32| -> Vec<u8> {
+        (0..n)
+            .flat_map(|i| {
+                let h = (i as u32 + 1).wrapping_mul(2_654_435_761) ^ s;
+                (((h % 2000) as f32 / 1000.0 - 1.0) * 0.2).to_le_bytes()
+            })
+            .collect()
+    };
+    let down = vals(r * d_in, 1);
+    let up = vals(256 * r, 2);
+    fn t(b: &[u8], shape: Vec<usize>) -> safetensors::tensor::TensorView<'_> {
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, b).unwrap()
+    }
+    let tensors = vec![
+        (
+            format!("transformer.{module}.lora_A.weight"),
+            t(&down, vec![r, d_in]),
+        ),
+        (
+            format!("transformer.{module}.lora_B.weight"),
+            t(&up, vec![256, r]),
+        ),
+    ];
+    let meta =
+        metadata.map(|(k, v)| std::collections::HashMap::from([(k.to_string(), v.to_string())]));
+    safetensors::serialize_to_file(tensors, meta, path).unwrap();
+}
+
+#[test]
+fn sample_applies_lora_and_tlora_files_and_names_bad_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let lora = dir.path().join("lora.safetensors");
+    write_lora(&lora, 256, "transformer_blocks.0.attn.to_q", None);
+    let tlora = dir.path().join("tlora.safetensors");
+    write_lora(
+        &tlora,
+        256,
+        "transformer_blocks.0.attn.to_q",
+        Some((
+            "dreamforge_adapter",
+            r#"{"method": "tlora", "rank": 2, "min_rank": 1}"#,
+        )),
+    );
+    let sample = |extra: &[&str], out: &str| {
+        let out = dir.path().join(out);
+        let mut args = vec![
+            "sample",
+            "--prompt",
+            "a small red circle on a blue background, top left",
+            "--seed",
+            "5",
+            "--steps",
+            "4",
+            "--quiet",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let o = run(&args);
+        (o, out)
+    };
+    let (o, base) = sample(&[], "base");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (o, with) = sample(
+        &[
+            "--lora",
+            &format!("{}:0.8", lora.display()),
+            "--lora",
+            tlora.to_str().unwrap(),
+        ],
+        "lora",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (_, _, a, _) = common::read_png(&png_files(&base)[0]);
+    let (_, _, b, text) = common::read_png(&png_files(&with)[0]);
+    assert_ne!(a, b, "the adapters changed nothing");
+    let meta = &text.iter().find(|(k, _)| k == "dreamforge").unwrap().1;
+    assert!(meta.contains("\"tlora\"") && meta.contains("0.8"), "{meta}");
+
+    // A missing file, a file for another model (wrong width), a file matching nothing.
+    let missing = dir.path().join("nope.safetensors");
+    let (o, _) = sample(&["--lora", missing.to_str().unwrap()], "x1");
+    assert_fails(&o, 1, &["nope.safetensors"]);
+    let wide = dir.path().join("wide.safetensors");
+    write_lora(&wide, 3072, "transformer_blocks.0.attn.to_q", None);
+    let (o, _) = sample(&["--lora", wide.to_str().unwrap()], "x2");
+    assert_fails(
+        &o,
+        1,
+        &["wide.safetensors", "transformer_blocks.0.attn.to_q", "3072"],
+    );
+    let other = dir.path().join("other.safetensors");
+    write_lora(&other, 256, "down_blocks.0.attentions.0.proj_in", None);
+    let (o, _) = sample(&["--lora", other.to_str().unwrap()], "x3");
+    assert_fails(&o, 1, &["other.safetensors", "none of its 1 layers"]);
+}

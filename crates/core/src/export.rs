@@ -74,6 +74,30 @@ impl ParamKeys {
         }
     }
 
+    /// Module path → the name the model asked its loader for (see
+    /// [`crate::WeightLoader::names`]): canonical names for every parameter, also those read
+    /// from fused or renamed file tensors. Keys built this way are for matching, not export.
+    pub fn of_names<M: Module>(model: &M, names: &[(ParamId, String)]) -> Self {
+        let records: Vec<(ParamId, FileKey)> = names
+            .iter()
+            .map(|(id, n)| {
+                (
+                    *id,
+                    FileKey {
+                        key: n.clone(),
+                        transposed: false,
+                    },
+                )
+            })
+            .collect();
+        Self::of(model, &records)
+    }
+
+    /// The key of the parameter at module path `path`.
+    pub fn key_of(&self, path: &str) -> Option<String> {
+        self.by_path.get(path).map(|k| k.key.clone())
+    }
+
     pub fn len(&self) -> usize {
         self.by_path.len()
     }

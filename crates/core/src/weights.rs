@@ -516,6 +516,7 @@ pub struct WeightLoader<'a> {
     ignored: Vec<fn(&str) -> bool>,
     init: Option<Initializer>,
     records: RefCell<Vec<(ParamId, FileKey)>>,
+    names: RefCell<Vec<(ParamId, String)>>,
 }
 
 impl<'a> WeightLoader<'a> {
@@ -529,6 +530,7 @@ impl<'a> WeightLoader<'a> {
             ignored: Vec::new(),
             init: None,
             records: RefCell::new(Vec::new()),
+            names: RefCell::new(Vec::new()),
         }
     }
 
@@ -546,7 +548,15 @@ impl<'a> WeightLoader<'a> {
         self.records.borrow().clone()
     }
 
+    /// Every parameter built so far with the name the model asked for (the family's canonical
+    /// checkpoint name, e.g. diffusers', whatever layout the file had) — what adapters match
+    /// their target modules against.
+    pub fn names(&self) -> Vec<(ParamId, String)> {
+        self.names.borrow().clone()
+    }
+
     fn record(&self, id: ParamId, name: &str, transposed: bool) {
+        self.names.borrow_mut().push((id, name.to_string()));
         let src = self.source(name);
         if src.rows.is_none() && !src.swap_halves {
             self.records.borrow_mut().push((

@@ -4,6 +4,9 @@
 //! Euler, unpack, `z / scaling + shift`, VAE decode.
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use dreamforge_adapters::rank::progress_from_sigma;
+use dreamforge_adapters::{FileAdapter, RankSchedule, at_step, attach_files};
+use dreamforge_core::export::ParamKeys;
 
 use dreamforge_core::{Error, HostTensor, Result, WeightSet, noise::randn, to_host};
 use dreamforge_models::dit::flux::{FluxConfig, FluxInputs, FluxTransformer};
@@ -53,9 +56,21 @@ pub struct FluxOutput {
     pub warnings: Vec<String>,
 }
 
+/// The transformer with adapters attached (a clone: the base stays untouched, so adapters can be
+/// swapped without reloading) and, per adapter slot, its T-LoRA rank schedule (`None`: LoRA).
+#[derive(Debug, Clone)]
+pub struct AdaptedTransformer {
+    pub model: FluxTransformer,
+    pub schedules: Vec<Option<RankSchedule>>,
+}
+
 /// The loaded FLUX pipeline.
 pub struct FluxPipeline {
     pub transformer: FluxTransformer,
+    /// Module path → diffusers parameter name of `transformer` (what adapters match).
+    pub transformer_names: ParamKeys,
+    /// Adapters in use ([`Self::set_adapters`]).
+    pub adapters: Option<AdaptedTransformer>,
     pub vae: Autoencoder,
     pub text_encoder: ClipTextModel,
     /// T5; `None` for a CLIP-only model, whose sequence states are CLIP's `last_hidden_state`.
@@ -83,7 +98,8 @@ impl FluxPipeline {
             None => None,
         };
         check_weights_fit(c, device)?;
-        let transformer = FluxTransformer::load(&c.transformer, config, device)?;
+        let (transformer, transformer_names) =
+            FluxTransformer::load_named(&c.transformer, config, device)?;
         let scheduler =
             scheduler.unwrap_or_else(|| default_scheduler(transformer.config.guidance_embeds));
         let pipe = Self {
@@ -101,6 +117,8 @@ impl FluxPipeline {
                 .transpose()?,
             vae: Autoencoder::load(&c.vae, device)?,
             transformer,
+            transformer_names,
+            adapters: None,
             scheduler,
             device: device.clone(),
         };
@@ -347,6 +365,29 @@ impl FluxPipeline {
     }
 
     /// Runs one request. `on_step` returning `false` cancels (then `Ok(None)`).
+    /// Uses `files` (each at its strength; T-LoRA files apply their rank mask at every step)
+    /// from now on, replacing any adapters set before; an empty list removes them. Returns,
+    /// per file, the layers that matched no transformer weight (a file for another model part
+    /// or architecture: worth a warning). A layer that does not fit its weight is an error.
+    pub fn set_adapters(&mut self, files: &[FileAdapter<'_>]) -> Result<Vec<Vec<String>>> {
+        if files.is_empty() {
+            self.adapters = None;
+            return Ok(Vec::new());
+        }
+        let names = &self.transformer_names;
+        let (model, unmatched) = attach_files(
+            self.transformer.clone(),
+            "transformer",
+            |p| names.key_of(p),
+            files,
+        )?;
+        self.adapters = Some(AdaptedTransformer {
+            model,
+            schedules: files.iter().map(|f| f.file.schedule()).collect(),
+        });
+        Ok(unmatched)
+    }
+
     pub fn generate(
         &self,
         r: &FluxRequest,
@@ -421,11 +462,20 @@ impl FluxPipeline {
             .guidance_embeds
             .then(|| vec![r.guidance; b]);
 
-        let denoise = |x: Tensor<3>, _sigma: f32, i: usize| -> Result<Tensor<3>> {
+        let denoise = |x: Tensor<3>, sigma: f32, i: usize| -> Result<Tensor<3>> {
             // diffusers passes `t / 1000` with t = 1000·σ rounded to f32.
             let t = vec![schedule.timesteps[start + i] / 1000.0; b];
+            // Adapters: the per-step pass sets T-LoRA rank masks for this σ.
+            let adapted = self.adapters.as_ref().map(|a| {
+                at_step(
+                    a.model.clone(),
+                    &a.schedules,
+                    progress_from_sigma(sigma as f64),
+                )
+            });
+            let model = adapted.as_ref().unwrap_or(&self.transformer);
             let run = |s: &Tensor<3>, p: &Tensor<2>| {
-                self.transformer.forward(
+                model.forward(
                     FluxInputs {
                         hidden_states: x.clone(),
                         encoder_hidden_states: s.clone(),

@@ -3,11 +3,12 @@
 
 use std::time::Instant;
 
+use dreamforge_adapters::{AdapterFile, FileAdapter};
 use dreamforge_core::Error;
 use dreamforge_pipeline::family::check_components_family;
 use dreamforge_pipeline::{FluxComponents, FluxPipeline, FluxRequest};
 
-use super::{Ctx, Rendered, SampleArgs, init_image, model_name, output_size};
+use super::{Ctx, Rendered, SampleArgs, init_image, model_name, output_size, parse_lora};
 
 pub(crate) fn run(
     a: &SampleArgs,
@@ -34,7 +35,41 @@ pub(crate) fn run(
         check_components_family(c, true)?;
     }
     let comps = FluxComponents::resolve(&a.model, &ctx.overrides)?;
-    let pipe = FluxPipeline::load(&comps, &ctx.device)?;
+    let specs: Vec<(std::path::PathBuf, f64)> = a.lora.iter().map(|s| parse_lora(s)).collect();
+    let files = specs
+        .iter()
+        .map(|(p, _)| AdapterFile::read(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut pipe = FluxPipeline::load(&comps, &ctx.device)?;
+    let adapters: Vec<FileAdapter> = files
+        .iter()
+        .zip(&specs)
+        .map(|(file, (_, strength))| FileAdapter {
+            file,
+            strength: *strength,
+        })
+        .collect();
+    let mut adapter_warnings = Vec::new();
+    for (f, unmatched) in files.iter().zip(pipe.set_adapters(&adapters)?) {
+        if unmatched.len() == f.layers.len() {
+            return Err(Error::InvalidInput(format!(
+                "{}: none of its {} layers matches a weight of this FLUX transformer (an adapter for another model or model part?), e.g. `{}`",
+                f.path.display(),
+                f.layers.len(),
+                unmatched[0]
+            ))
+            .into());
+        }
+        if !unmatched.is_empty() {
+            adapter_warnings.push(format!(
+                "{}: {} of its {} layers match no weight of this model and were skipped, e.g. `{}`",
+                f.path.display(),
+                unmatched.len(),
+                f.layers.len(),
+                unmatched[0]
+            ));
+        }
+    }
     let distilled = pipe.transformer.config.guidance_embeds;
     let defaults = sample_defaults(&a.model);
     let (width, height) = output_size(
@@ -82,11 +117,23 @@ pub(crate) fn run(
     let bar = ctx.bar(a.quiet, req.steps);
     let out = pipe.generate(&req, ctx.on_step(&bar))?;
     bar.finish_and_clear();
-    let Some(out) = out else {
+    let Some(mut out) = out else {
         return Ok(None);
     };
+    out.warnings.extend(adapter_warnings);
     let model = model_name(&a.model);
     let common = ctx.metadata(a);
+    let lora_meta: Vec<serde_json::Value> = files
+        .iter()
+        .zip(&specs)
+        .map(|(f, (p, s))| {
+            serde_json::json!({
+                "path": p.display().to_string(),
+                "strength": s,
+                "method": if f.schedule().is_some() { "tlora" } else { "lora" },
+            })
+        })
+        .collect();
     let r2 = req.clone();
     let steps = req.steps;
     Ok(Some(Rendered {
@@ -110,6 +157,7 @@ pub(crate) fn run(
                 "init_image": init.map(|i| i.image_path.display().to_string()),
                 "mask": init.and_then(|i| i.mask_path.as_ref().map(|m| m.display().to_string())),
                 "strength": init.map(|i| i.strength),
+                "adapters": lora_meta.clone(),
             });
             if let Some(o) = v.as_object_mut() {
                 o.extend(common.clone());

@@ -114,9 +114,27 @@ pub struct SampleArgs {
     /// models' outputs; the metadata describes the generated size).
     #[arg(long, default_value_t = 1)]
     pub upscale: u32,
+    /// An adapter file (LoRA or T-LoRA; PEFT/diffusers or kohya naming, detected from the keys)
+    /// applied at strength SCALE (default 1); repeat to stack adapters. A T-LoRA applies its
+    /// timestep-dependent rank mask at every step. FLUX-family models (the nano model
+    /// included) so far.
+    #[arg(long = "lora", value_name = "PATH[:SCALE]")]
+    pub lora: Vec<String>,
     /// Hide the progress bar.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// `PATH[:SCALE]` → (path, scale); a suffix after the last `:` that is not a number belongs
+/// to the path.
+pub(crate) fn parse_lora(spec: &str) -> (PathBuf, f64) {
+    match spec.rsplit_once(':') {
+        Some((p, s)) if !p.is_empty() => match s.parse::<f64>() {
+            Ok(v) => (PathBuf::from(p), v),
+            Err(_) => (PathBuf::from(spec), 1.0),
+        },
+        _ => (PathBuf::from(spec), 1.0),
+    }
 }
 
 /// What a family's run hands back for writing.

@@ -29,6 +29,13 @@ pub(crate) fn run(
     init_size: Option<(usize, usize)>,
     t0: Instant,
 ) -> anyhow::Result<Option<Rendered>> {
+    if !a.lora.is_empty() {
+        return Err(Error::InvalidInput(format!(
+            "--lora is not supported for Stable Diffusion models yet ({} is one); adapters work with FLUX-family models, the nano model included",
+            a.model.display()
+        ))
+        .into());
+    }
     for (flag, given) in [
         ("--true-cfg", a.true_cfg.is_some()),
         ("--max-sequence-length", a.max_sequence_length.is_some()),

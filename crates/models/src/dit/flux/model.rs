@@ -53,6 +53,16 @@ impl FluxTransformer {
     /// Loads from a diffusers folder (`config.json` + weights), a diffusers file, or a BFL
     /// single file. `config` overrides / supplies the config (required where weights cannot tell).
     pub fn load(path: &Path, config: Option<FluxConfig>, device: &Device) -> Result<Self> {
+        Ok(Self::load_named(path, config, device)?.0)
+    }
+
+    /// [`Self::load`] with the diffusers names of the parameters (see
+    /// [`Self::from_weights_named`]).
+    pub fn load_named(
+        path: &Path,
+        config: Option<FluxConfig>,
+        device: &Device,
+    ) -> Result<(Self, ParamKeys)> {
         let set = WeightSet::open(path)?;
         let format = FluxKeyFormat::detect(&set).ok_or_else(|| {
             Error::format(
@@ -71,7 +81,7 @@ impl FluxTransformer {
                 }
             }
         };
-        Self::from_weights(&set, &format, config, device)
+        Self::from_weights_named(&set, &format, config, device)
     }
 
     pub fn from_weights(
@@ -80,6 +90,17 @@ impl FluxTransformer {
         config: FluxConfig,
         device: &Device,
     ) -> Result<Self> {
+        Ok(Self::from_weights_named(set, format, config, device)?.0)
+    }
+
+    /// [`Self::from_weights`], also returning every parameter's diffusers name by module path
+    /// (whatever the file's layout), for matching adapters.
+    pub fn from_weights_named(
+        set: &WeightSet,
+        format: &FluxKeyFormat,
+        config: FluxConfig,
+        device: &Device,
+    ) -> Result<(Self, ParamKeys)> {
         config
             .validate()
             .map_err(|r| Error::config(set.origin(), r))?;
@@ -88,8 +109,9 @@ impl FluxTransformer {
             w = w.with_key_map(bfl_key_map(&config));
         }
         let model = Self::from_loader(&w, config)?;
+        let names = ParamKeys::of_names(&model, &w.names());
         w.finish()?;
-        Ok(model)
+        Ok((model, names))
     }
 
     /// A fresh model for training from scratch, with the checkpoint keys to export it in
