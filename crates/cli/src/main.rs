@@ -3,6 +3,7 @@
 
 mod builtin;
 mod eval;
+mod lora;
 mod models;
 mod nano;
 mod sample;
@@ -31,6 +32,11 @@ enum Command {
         #[command(subcommand)]
         command: models::ModelsCommand,
     },
+    /// Adapter files (LoRA, T-LoRA).
+    Lora {
+        #[command(subcommand)]
+        command: lora::LoraCommand,
+    },
     /// Nano metrics for a folder of images: prompt fidelity, subject similarity, judge accuracy.
     Eval(eval::EvalArgs),
     /// The built-in nano model and world.
@@ -48,6 +54,7 @@ fn main() -> ExitCode {
         Command::Models { command } => models::run(command),
         Command::Nano { command } => nano::run(command),
         Command::Eval(a) => eval::run(a),
+        Command::Lora { command } => lora::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

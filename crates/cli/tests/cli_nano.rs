@@ -233,3 +233,35 @@ fn sample_applies_lora_and_tlora_files_and_names_bad_ones() {
     let (o, _) = sample(&["--lora", other.to_str().unwrap()], "x3");
     assert_fails(&o, 1, &["other.safetensors", "none of its 1 layers"]);
 }
+
+#[test]
+fn lora_inspect_describes_adapter_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let tlora = dir.path().join("t.safetensors");
+    write_lora(
+        &tlora,
+        256,
+        "transformer_blocks.0.attn.to_q",
+        Some((
+            "dreamforge_adapter",
+            r#"{"method": "tlora", "rank": 2, "min_rank": 1}"#,
+        )),
+    );
+    let o = run(&["lora", "inspect", tlora.to_str().unwrap(), "--layers"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for needle in [
+        "PEFT / diffusers",
+        "T-LoRA (rank mask per step: min rank 1",
+        "layers:  1 in transformer (1); 1024 parameters",
+        "ranks:   2 (1)",
+        "transformer.transformer_blocks.0.attn.to_q  down [2, 256]  up [256, 2]",
+    ] {
+        assert!(out.contains(needle), "`{needle}` not in:\n{out}");
+    }
+    // Not an adapter file: the shipped judge's weights.
+    let judge = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models/nano-judge/judge.safetensors");
+    let o = run(&["lora", "inspect", judge.to_str().unwrap()]);
+    assert_fails(&o, 1, &["judge.safetensors", "no LoRA layers found"]);
+}

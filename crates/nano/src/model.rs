@@ -144,6 +144,30 @@ impl Default for NanoConfig {
 
 impl NanoConfig {
     /// Tokens per text (the text encoder's positions).
+    /// A tiny configuration of the same architecture (16×16 pixels, width 16, one block of
+    /// each kind) for fast tests of code paths, not for quality.
+    pub fn tiny() -> Self {
+        let mut c = Self {
+            side: 16,
+            ..Default::default()
+        };
+        c.vae.patch_size = 2;
+        c.vae.sample_size = Some(16);
+        c.transformer.in_channels = 48;
+        c.transformer.num_attention_heads = 2;
+        c.transformer.attention_head_dim = 8;
+        c.transformer.axes_dims_rope = vec![2, 2, 4];
+        c.transformer.num_layers = 1;
+        c.transformer.num_single_layers = 1;
+        c.transformer.joint_attention_dim = 16;
+        c.transformer.pooled_projection_dim = 16;
+        c.text_encoder.hidden_size = 16;
+        c.text_encoder.intermediate_size = 32;
+        c.text_encoder.num_attention_heads = 2;
+        c.text_encoder.num_hidden_layers = 1;
+        c
+    }
+
     pub fn max_tokens(&self) -> usize {
         self.text_encoder.max_position_embeddings
     }

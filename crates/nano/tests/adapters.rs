@@ -12,28 +12,6 @@ use dreamforge_core::HostTensor;
 use dreamforge_nano::model::{NanoConfig, init, write_bundle};
 use dreamforge_pipeline::{ComponentOverrides, FluxComponents, FluxPipeline, FluxRequest};
 
-fn tiny() -> NanoConfig {
-    let mut c = NanoConfig {
-        side: 16,
-        ..Default::default()
-    };
-    c.vae.patch_size = 2;
-    c.vae.sample_size = Some(16);
-    c.transformer.in_channels = 48;
-    c.transformer.num_attention_heads = 2;
-    c.transformer.attention_head_dim = 8;
-    c.transformer.axes_dims_rope = vec![2, 2, 4];
-    c.transformer.num_layers = 1;
-    c.transformer.num_single_layers = 1;
-    c.transformer.joint_attention_dim = 16;
-    c.transformer.pooled_projection_dim = 16;
-    c.text_encoder.hidden_size = 16;
-    c.text_encoder.intermediate_size = 32;
-    c.text_encoder.num_attention_heads = 2;
-    c.text_encoder.num_hidden_layers = 1;
-    c
-}
-
 fn values(seed: u32, n: usize, scale: f32) -> Vec<f32> {
     (0..n)
         .map(|i| {
@@ -88,7 +66,7 @@ fn tlora_meta(min_rank: usize) -> HashMap<String, String> {
 #[test]
 fn adapter_files_apply_at_sampling_and_tlora_masks_follow_the_steps() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = tiny();
+    let cfg = NanoConfig::tiny();
     let (model, keys) = init(&cfg, 3, &Device::flex()).unwrap();
     let bundle = dir.path().join("nano");
     write_bundle(&bundle, &cfg, &model, &keys, &HashMap::new()).unwrap();

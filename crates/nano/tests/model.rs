@@ -18,28 +18,6 @@ use dreamforge_pipeline::{ComponentOverrides, FluxComponents, FluxPipeline, Flux
 use dreamforge_train::run::rngs;
 use dreamforge_train::{OptimizerConfig, train_step};
 
-fn tiny() -> NanoConfig {
-    let mut c = NanoConfig {
-        side: 16,
-        ..Default::default()
-    };
-    c.vae.patch_size = 2;
-    c.vae.sample_size = Some(16);
-    c.transformer.in_channels = 48;
-    c.transformer.num_attention_heads = 2;
-    c.transformer.attention_head_dim = 8;
-    c.transformer.axes_dims_rope = vec![2, 2, 4];
-    c.transformer.num_layers = 1;
-    c.transformer.num_single_layers = 1;
-    c.transformer.joint_attention_dim = 16;
-    c.transformer.pooled_projection_dim = 16;
-    c.text_encoder.hidden_size = 16;
-    c.text_encoder.intermediate_size = 32;
-    c.text_encoder.num_attention_heads = 2;
-    c.text_encoder.num_hidden_layers = 1;
-    c
-}
-
 #[test]
 fn every_caption_fits_the_nano_tokenizer_without_unknown_words() {
     let dir = tempfile::tempdir().unwrap();
@@ -74,7 +52,7 @@ fn a_trained_tiny_nano_model_exports_as_a_flux_pipeline_that_samples() {
     let d = Device::flex().autodiff();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = PretrainConfig::new(3);
-    cfg.model = tiny();
+    cfg.model = NanoConfig::tiny();
     cfg.batch_size = 4;
     write_tokenizer(&dir.path().join("tok"), &cfg.model).unwrap();
     let (mut model, keys) = init(&cfg.model, 0, &d).unwrap();
