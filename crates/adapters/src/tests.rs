@@ -308,6 +308,20 @@ mod files {
     use dreamforge_core::HostTensor;
     use std::collections::{BTreeMap, HashMap};
 
+    /// One adapter file on a clone of `base`, as the `transformer` component.
+    fn attach_one(
+        base: &Net,
+        f: &AdapterFile,
+        strength: f64,
+    ) -> dreamforge_core::Result<(Net, Vec<Vec<String>>)> {
+        attach_files(
+            base.clone(),
+            "transformer",
+            key_of,
+            &[FileAdapter { file: f, strength }],
+        )
+    }
+
     fn trained(device: &Device) -> (Net, Net) {
         let base = net(device);
         let init = AdapterInit {
@@ -351,32 +365,14 @@ mod files {
         for (path, format) in [(&peft, Format::Peft), (&kohya, Format::Kohya)] {
             let f = AdapterFile::read(path).unwrap();
             assert_eq!(f.format, format);
-            let (m, unmatched) = attach_files(
-                base.clone(),
-                "transformer",
-                key_of,
-                &[FileAdapter {
-                    file: &f,
-                    strength: 1.0,
-                }],
-            )
-            .unwrap();
+            let (m, unmatched) = attach_one(&base, &f, 1.0).unwrap();
             assert!(unmatched.iter().all(Vec::is_empty), "{unmatched:?}");
             let got = host(m.b.forward(m.a.forward(x.clone())));
             for (g, w) in got.iter().zip(&want) {
                 assert!((g - w).abs() < 1e-5, "{format:?}: {g} vs {w}");
             }
             // Strength 0 is the base model; two copies at 0.5 each are one at 1.
-            let (m0, _) = attach_files(
-                base.clone(),
-                "transformer",
-                key_of,
-                &[FileAdapter {
-                    file: &f,
-                    strength: 0.0,
-                }],
-            )
-            .unwrap();
+            let (m0, _) = attach_one(&base, &f, 0.0).unwrap();
             assert_eq!(
                 host(m0.a.forward(x.clone())),
                 host(base.a.forward(x.clone()))
@@ -405,17 +401,7 @@ mod files {
         let p = dir.path().join("wrong.safetensors");
         AdapterFile::write_peft(&p, "transformer", &layers, &HashMap::new()).unwrap();
         let f = AdapterFile::read(&p).unwrap();
-        let e = attach_files(
-            base.clone(),
-            "transformer",
-            key_of,
-            &[FileAdapter {
-                file: &f,
-                strength: 1.0,
-            }],
-        )
-        .unwrap_err()
-        .to_string();
+        let e = attach_one(&base, &f, 1.0).unwrap_err().to_string();
         assert!(
             e.contains("wrong.safetensors") && e.contains("model.a") && e.contains("[out 4, in 5]"),
             "{e}"
@@ -425,16 +411,7 @@ mod files {
         let q = dir.path().join("te.safetensors");
         AdapterFile::write_peft(&q, "text_encoder", &ok, &HashMap::new()).unwrap();
         let f = AdapterFile::read(&q).unwrap();
-        let (_, unmatched) = attach_files(
-            base.clone(),
-            "transformer",
-            key_of,
-            &[FileAdapter {
-                file: &f,
-                strength: 1.0,
-            }],
-        )
-        .unwrap();
+        let (_, unmatched) = attach_one(&base, &f, 1.0).unwrap();
         assert_eq!(unmatched[0].len(), 2);
         // A down without its up, and a file without LoRA keys.
         let d = dir.path().join("half.safetensors");
