@@ -10,7 +10,7 @@ use regex::Regex;
 
 use dreamforge_core::init::{InitKind, Initializer};
 
-use crate::branch::{Adapters, Branch};
+use crate::branch::{Adapters, Branch, Frozen};
 use crate::rank::RankSchedule;
 
 /// Which adapter, with its method-specific settings.
@@ -19,9 +19,14 @@ pub enum AdapterKind {
     /// PEFT LoRA: `A ~ U(±1/√d_in)` (PEFT's `kaiming_uniform_(a=√5)`), `B = 0`,
     /// `scale = alpha / r`, or `alpha / √r` with rsLoRA.
     Lora { alpha: f64, rslora: bool },
-    /// T-LoRA, vanilla (`--trainer_type lora`): `down ~ N(0, 1/r²)`, `up = 0`, scale 1, and a
-    /// rank mask set per step from `schedule`.
-    TLora { schedule: RankSchedule },
+    /// T-LoRA: a rank mask set per step from `schedule`, scale 1. Vanilla (`--trainer_type
+    /// lora`): `down ~ N(0, 1/r²)`, `up = 0`. Orthogonal (`ortho_lora`, the method the paper
+    /// names T-LoRA): `Q`, `P` orthonormal frames and `λ` the smallest singular values of a
+    /// `N(0, 1/r²)` matrix ([`crate::ortho`]), all trainable, minus frozen copies (`ΔW = 0`).
+    TLora {
+        schedule: RankSchedule,
+        orthogonal: bool,
+    },
 }
 
 /// A fresh adapter's definition.
@@ -58,6 +63,12 @@ impl AdapterInit {
                 device,
             ))
         };
+        if let AdapterKind::TLora {
+            orthogonal: true, ..
+        } = self.kind
+        {
+            return self.ortho_branch(module, r, d_in, d_out, device);
+        }
         let scale = match self.kind {
             AdapterKind::Lora { alpha, rslora } => {
                 if rslora {
@@ -75,6 +86,42 @@ impl AdapterInit {
             frozen: None,
             mask: Param::from_tensor(Tensor::<1>::ones([r], device)).set_require_grad(false),
             scale,
+        }
+    }
+}
+
+impl AdapterInit {
+    fn ortho_branch(
+        &self,
+        module: &str,
+        r: usize,
+        d_in: usize,
+        d_out: usize,
+        device: &Device,
+    ) -> Branch {
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(dreamforge_core::init::key_seed(
+            self.seed,
+            &format!("{module}.ortho"),
+        ));
+        // The reference's matrix std is 1/R with R the requested rank.
+        let f = crate::ortho::ortho_factors(d_in, d_out, r, 1.0 / self.rank as f64, &mut rng);
+        let t2 = |v: &[f32], shape: [usize; 2]| {
+            Tensor::<2>::from_data(TensorData::new(v.to_vec(), shape), device)
+        };
+        let t1 = |v: &[f32]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [r]), device);
+        let frozen = |t: Param<Tensor<2>>| t.set_require_grad(false);
+        Branch {
+            down: Param::from_tensor(t2(&f.q, [r, d_in])),
+            up: Param::from_tensor(t2(&f.p, [d_out, r])),
+            lambda: Some(Param::from_tensor(t1(&f.lambda))),
+            frozen: Some(Frozen {
+                down: frozen(Param::from_tensor(t2(&f.q, [r, d_in]))),
+                up: frozen(Param::from_tensor(t2(&f.p, [d_out, r]))),
+                lambda: Param::from_tensor(t1(&f.lambda)).set_require_grad(false),
+            }),
+            mask: Param::from_tensor(Tensor::<1>::ones([r], device)).set_require_grad(false),
+            scale: 1.0,
         }
     }
 }

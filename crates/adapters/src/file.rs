@@ -60,8 +60,14 @@ pub struct AdapterFile {
 }
 
 /// The safetensors metadata key of dreamforge's own adapter description (JSON: `method`
-/// `lora`|`tlora`, `rank`, `min_rank`, `rank_exponent`, `lora_alpha`, `target_modules`,
-/// `trigger`, `base_model`, `run_config`).
+/// `lora`|`tlora`, `parametrization` `vanilla`|`orthogonal`, `rank`, `min_rank`,
+/// `rank_exponent`, `lora_alpha`, `target_modules`, `trigger`, `base_model`, `run_config`).
+///
+/// An orthogonal T-LoRA `ΔW_t = P·diag(λ⊙m_t)·Q − P0·diag(λ0⊙m_t)·Q0` is stored as a plain
+/// rank-`2r` LoRA pair `down = [Q; Q0]`, `up = [P·diag(λ), −P0·diag(λ0)]` (scale 1), which is
+/// exact: any LoRA runtime applies it (as the full-rank adapter, the T-LoRA at its last
+/// step), and dreamforge masks components `j` and `r + j` together (`parametrization`
+/// `orthogonal`).
 pub const META_KEY: &str = "dreamforge_adapter";
 
 const PEFT_A: [&str; 2] = [".lora_A.weight", ".lora_A.default.weight"];
@@ -199,7 +205,17 @@ impl AdapterFile {
                 .get("rank_exponent")
                 .and_then(|e| e.as_f64())
                 .unwrap_or(1.0),
+            paired: v.get("parametrization").and_then(|p| p.as_str()) == Some("orthogonal"),
         })
+    }
+
+    /// The trigger word a dreamforge-trained adapter was trained with (its metadata).
+    pub fn trigger(&self) -> Option<String> {
+        let v: serde_json::Value = serde_json::from_str(self.metadata.get(META_KEY)?).ok()?;
+        v.get("trigger")?
+            .as_str()
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
     }
 
     /// The file's layer for checkpoint module `module` of the model's `component`: PEFT names
@@ -335,6 +351,50 @@ pub fn attach_files<M: burn::module::Module>(
         })
         .collect();
     Ok((model, unmatched))
+}
+
+/// The factors of one trained branch as a file stores them: `ΔW = (alpha / r)·up·down` with
+/// the branch's scale folded into alpha, or, for an orthogonal branch, the exact rank-`2r`
+/// pair (see [`META_KEY`]). The mask is not applied (a file holds the full adapter).
+pub fn branch_weights(b: &crate::Branch) -> LayerWeights {
+    use burn::tensor::Tensor;
+    let down = b.down.val();
+    let up = b.up.val();
+    match (&b.lambda, &b.frozen) {
+        (Some(l), Some(f)) => {
+            let r = l.val().dims()[0];
+            let scaled = |p: Tensor<2>, l: Tensor<1>| p * l.reshape([1, r]);
+            let down = Tensor::cat(vec![down, f.down.val()], 0);
+            let up = Tensor::cat(
+                vec![
+                    scaled(up, l.val()) * b.scale,
+                    scaled(f.up.val(), f.lambda.val()) * (-b.scale),
+                ],
+                1,
+            );
+            LayerWeights {
+                down: dreamforge_core::to_host(down),
+                up: dreamforge_core::to_host(up),
+                alpha: None,
+            }
+        }
+        (Some(l), None) => {
+            let r = l.val().dims()[0];
+            LayerWeights {
+                down: dreamforge_core::to_host(down),
+                up: dreamforge_core::to_host(up * l.val().reshape([1, r]) * b.scale),
+                alpha: None,
+            }
+        }
+        _ => {
+            let r = b.rank();
+            LayerWeights {
+                down: dreamforge_core::to_host(down),
+                up: dreamforge_core::to_host(up),
+                alpha: Some((b.scale * r as f64) as f32),
+            }
+        }
+    }
 }
 
 struct Collect<'a, K> {

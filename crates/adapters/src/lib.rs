@@ -17,12 +17,15 @@
 pub mod attach;
 pub mod branch;
 pub mod file;
+pub mod ortho;
 pub mod rank;
 pub mod step;
 
 pub use attach::{AdapterInit, AdapterKind, attach};
 pub use branch::{Adapters, Branch, Frozen};
-pub use file::{AdapterFile, FileAdapter, Format, LayerWeights, attach_files, collect};
+pub use file::{
+    AdapterFile, FileAdapter, Format, LayerWeights, META_KEY, attach_files, branch_weights, collect,
+};
 pub use rank::RankSchedule;
 pub use step::at_step;
 

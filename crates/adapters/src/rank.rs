@@ -13,6 +13,11 @@ pub struct RankSchedule {
     pub min_rank: usize,
     /// `α` (`--alpha_rank_scale`, default 1: linear in `t`).
     pub exponent: f64,
+    /// The layers hold an orthogonal T-LoRA as a plain rank-`2r` pair `[current; −frozen]`
+    /// (how dreamforge writes them, see [`crate::file`]): rank component `j` and `r + j` share
+    /// mask entry `j`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paired: bool,
 }
 
 impl RankSchedule {
@@ -34,6 +39,18 @@ pub fn progress_from_timestep(t: f64, num_train_timesteps: f64) -> f64 {
     (num_train_timesteps - t) / num_train_timesteps
 }
 
+impl RankSchedule {
+    /// The 0/1 mask of a layer of (stored) rank `rank` at `progress`.
+    pub fn mask_at(&self, rank: usize, progress: f64) -> Vec<f32> {
+        if self.paired && rank.is_multiple_of(2) {
+            let half = mask(rank / 2, self.rank_at(rank / 2, progress));
+            [half.clone(), half].concat()
+        } else {
+            mask(rank, self.rank_at(rank, progress))
+        }
+    }
+}
+
 /// The 0/1 mask keeping the first `active` of `rank` components.
 pub fn mask(rank: usize, active: usize) -> Vec<f32> {
     (0..rank)
@@ -51,6 +68,7 @@ mod tests {
         let s = RankSchedule {
             min_rank: 1,
             exponent: 1.0,
+            paired: false,
         };
         assert_eq!(s.rank_at(32, progress_from_sigma(1.0)), 1);
         assert_eq!(s.rank_at(32, progress_from_sigma(0.0)), 32);
@@ -61,6 +79,7 @@ mod tests {
         let x = RankSchedule {
             min_rank: 32,
             exponent: 1.0,
+            paired: false,
         };
         assert_eq!(x.rank_at(64, progress_from_timestep(999.0, 1000.0)), 32);
         assert_eq!(x.rank_at(64, progress_from_timestep(0.0, 1000.0)), 64);
@@ -69,6 +88,7 @@ mod tests {
         let q = RankSchedule {
             min_rank: 32,
             exponent: 2.0,
+            paired: false,
         };
         assert_eq!(q.rank_at(64, progress_from_timestep(250.0, 1000.0)), 50);
         // A layer smaller than r_min keeps its own rank.

@@ -6,7 +6,7 @@
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Tensor, TensorData};
 
-use crate::rank::{RankSchedule, mask};
+use crate::rank::RankSchedule;
 
 struct SetMasks<'a> {
     path: Vec<String>,
@@ -39,7 +39,7 @@ impl ModuleMapper for SetMasks<'_> {
         let (schedule, progress) = (*schedule, self.progress);
         param.map(|t| {
             let r = t.dims()[0];
-            let m = mask(r, schedule.rank_at(r, progress));
+            let m = schedule.mask_at(r, progress);
             Tensor::from_data(TensorData::new(m, t.shape()), &t.device())
         })
     }

@@ -181,9 +181,13 @@ fn tlora_mask_follows_the_step() {
     let schedule = RankSchedule {
         min_rank: 1,
         exponent: 1.0,
+        paired: false,
     };
     let init = AdapterInit {
-        kind: AdapterKind::TLora { schedule },
+        kind: AdapterKind::TLora {
+            schedule,
+            orthogonal: false,
+        },
         rank: 4,
         seed: 5,
     };
@@ -277,29 +281,53 @@ fn orthogonal_tlora_is_zero_at_init_for_every_mask() {
 #[test]
 fn only_adapter_factors_train() {
     let device = Device::flex().autodiff();
-    let base = net(&device).no_grad();
-    let init = AdapterInit {
-        kind: AdapterKind::TLora {
-            schedule: RankSchedule {
-                min_rank: 1,
-                exponent: 1.0,
+    let targets = Regex::new(r"^model\.(a|b)$").unwrap();
+    for orthogonal in [false, true] {
+        let base = net(&device).no_grad();
+        let init = AdapterInit {
+            kind: AdapterKind::TLora {
+                schedule: RankSchedule {
+                    min_rank: 1,
+                    exponent: 1.0,
+                    paired: false,
+                },
+                orthogonal,
             },
-        },
-        rank: 2,
-        seed: 1,
-    };
-    let (model, adapted) = attach(
-        base,
-        key_of,
-        &Regex::new(r"^model\.(a|b)$").unwrap(),
-        |m, i, o, d| vec![Some(init.branch(m, i, o, d))],
-    );
-    assert_eq!(adapted.len(), 2);
-    let x = t2(values(3, 2 * D_IN), [2, D_IN], &device);
-    let loss = model.b.forward(model.a.forward(x)).square().sum();
-    let grads = GradientsParams::from_grads(loss.backward(), &model);
-    // down and up of each adapted layer; no base weight, bias or mask.
-    assert_eq!(grads.len(), 4);
+            rank: 2,
+            seed: 1,
+        };
+        let (model, adapted) = attach(base.clone(), key_of, &targets, |m, i, o, d| {
+            vec![Some(init.branch(m, i, o, d))]
+        });
+        assert_eq!(adapted.len(), 2);
+        let x = t2(values(3, 2 * D_IN), [2, D_IN], &device);
+        // The orthogonal init is ΔW = 0 at every mask, like the vanilla one (up = 0).
+        for progress in [0.0, 1.0] {
+            let m = at_step(
+                model.clone(),
+                &[Some(RankSchedule {
+                    min_rank: 1,
+                    exponent: 1.0,
+                    paired: false,
+                })],
+                progress,
+            );
+            let got = host(m.b.forward(m.a.forward(x.clone())));
+            let want = host(base.b.forward(base.a.forward(x.clone())));
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() < 1e-6, "orthogonal {orthogonal}: {g} vs {w}");
+            }
+        }
+        let loss = model.b.forward(model.a.forward(x)).square().sum();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        // down and up (and λ) of each adapted layer; no base weight, bias, mask or frozen
+        // copy.
+        assert_eq!(
+            grads.len(),
+            if orthogonal { 6 } else { 4 },
+            "orthogonal {orthogonal}"
+        );
+    }
 }
 
 mod files {

@@ -7,6 +7,7 @@ mod lora;
 mod models;
 mod nano;
 mod sample;
+mod train;
 
 use std::process::ExitCode;
 
@@ -37,6 +38,8 @@ enum Command {
         #[command(subcommand)]
         command: lora::LoraCommand,
     },
+    /// Fine-tune an adapter (LoRA / T-LoRA) on a few photos of a subject.
+    Train(Box<train::TrainArgs>),
     /// Nano metrics for a folder of images: prompt fidelity, subject similarity, judge accuracy.
     Eval(eval::EvalArgs),
     /// The built-in nano model and world.
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         Command::Models { command } => models::run(command),
         Command::Nano { command } => nano::run(command),
         Command::Eval(a) => eval::run(a),
+        Command::Train(a) => train::run(*a),
         Command::Lora { command } => lora::run(command),
     };
     match result {

@@ -122,7 +122,7 @@ pub fn run(cmd: NanoCommand) -> anyhow::Result<()> {
 }
 
 /// Writes `run_config.json` into the run folder (created).
-fn write_run_config(out: &Path, cfg: &impl serde::Serialize) -> anyhow::Result<()> {
+pub(crate) fn write_run_config(out: &Path, cfg: &impl serde::Serialize) -> anyhow::Result<()> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     dreamforge_core::image_io::write_atomic(
         &out.join("run_config.json"),
@@ -134,7 +134,7 @@ fn write_run_config(out: &Path, cfg: &impl serde::Serialize) -> anyhow::Result<(
 }
 
 /// Ctrl-C raises the returned flag; a second Ctrl-C exits at once.
-fn stop_flag() -> Arc<AtomicBool> {
+pub(crate) fn stop_flag() -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
     let _ = ctrlc::set_handler(move || {
@@ -146,7 +146,7 @@ fn stop_flag() -> Arc<AtomicBool> {
     stop
 }
 
-fn bar(quiet: bool, steps: u64) -> ProgressBar {
+pub(crate) fn bar(quiet: bool, steps: u64) -> ProgressBar {
     let bar = if quiet {
         ProgressBar::hidden()
     } else {
@@ -163,7 +163,7 @@ fn bar(quiet: bool, steps: u64) -> ProgressBar {
 }
 
 /// Maps a run error to the CLI's error kinds (bad input → exit 1).
-fn run_error(e: RunError) -> anyhow::Error {
+pub(crate) fn run_error(e: RunError) -> anyhow::Error {
     match e {
         RunError::Io { .. } => e.into(),
         other => Error::InvalidInput(other.to_string()).into(),
@@ -171,7 +171,7 @@ fn run_error(e: RunError) -> anyhow::Error {
 }
 
 /// The end of a run: stopped → exit 130 with the resume hint; a non-finite loss → an error.
-fn ended(outcome: Outcome, out: &Path, ck: &Path) -> anyhow::Result<()> {
+pub(crate) fn ended(outcome: Outcome, out: &Path, ck: &Path) -> anyhow::Result<()> {
     match outcome {
         Outcome::Finished => Ok(()),
         Outcome::Stopped { step } => {

@@ -53,6 +53,66 @@ impl RgbImage {
         })
     }
 
+    /// Reads a photo as a user's camera or editor left it: the EXIF orientation applied (phone
+    /// pictures are stored sideways with a rotate tag), transparency composited over white
+    /// (a cut-out subject stays on a plain background instead of whatever colours hide under
+    /// alpha 0), grey and 16-bit images converted to 8-bit RGB. Returns what was done.
+    pub fn read_photo(path: &Path) -> Result<(Self, PhotoNotes)> {
+        use image::ImageDecoder;
+        let reader = image_reader(path)?;
+        let bad = |e: image::ImageError| Error::format(path, format!("not a readable image: {e}"));
+        let mut decoder = reader.into_decoder().map_err(bad)?;
+        let orientation = decoder
+            .orientation()
+            .unwrap_or(image::metadata::Orientation::NoTransforms);
+        let mut img = image::DynamicImage::from_decoder(decoder).map_err(bad)?;
+        if img.width() == 0 || img.height() == 0 {
+            return Err(Error::format(path, "the image is empty (0 pixels)"));
+        }
+        let notes = PhotoNotes {
+            rotated: orientation != image::metadata::Orientation::NoTransforms,
+            had_alpha: img.color().has_alpha(),
+            sixteen_bit: img.color().bytes_per_pixel() / img.color().channel_count() > 1,
+        };
+        img.apply_orientation(orientation);
+        let rgba = img.to_rgba32f();
+        let (width, height) = rgba.dimensions();
+        let pixels = rgba
+            .pixels()
+            .flat_map(|p| {
+                let a = p.0[3].clamp(0.0, 1.0);
+                let over_white =
+                    |v: f32| ((v.clamp(0.0, 1.0) * a + (1.0 - a)) * 255.0).round() as u8;
+                [over_white(p.0[0]), over_white(p.0[1]), over_white(p.0[2])]
+            })
+            .collect();
+        Ok((
+            Self {
+                width,
+                height,
+                pixels,
+            },
+            notes,
+        ))
+    }
+
+    /// The centred square of side `min(width, height)`, resized (Lanczos) to `side`.
+    pub fn center_square(&self, side: u32) -> Self {
+        let c = self.width.min(self.height);
+        let (x0, y0) = ((self.width - c) / 2, (self.height - c) / 2);
+        let mut pixels = Vec::with_capacity((c * c * 3) as usize);
+        for y in y0..y0 + c {
+            let row = ((y * self.width + x0) * 3) as usize;
+            pixels.extend_from_slice(&self.pixels[row..row + (c * 3) as usize]);
+        }
+        Self {
+            width: c,
+            height: c,
+            pixels,
+        }
+        .resized(side, side)
+    }
+
     /// Each pixel repeated `k`×`k` times (nearest-neighbour enlargement for viewing).
     pub fn upscaled_nearest(self, k: u32) -> Self {
         if k <= 1 {
@@ -97,6 +157,17 @@ impl RgbImage {
         }
         out
     }
+}
+
+/// What [`RgbImage::read_photo`] changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PhotoNotes {
+    /// An EXIF orientation other than "as stored" was applied.
+    pub rotated: bool,
+    /// The image had an alpha channel (composited over white).
+    pub had_alpha: bool,
+    /// The image had 16-bit (or float) channels.
+    pub sixteen_bit: bool,
 }
 
 /// An 8-bit single-channel image (an inpainting mask: white = repaint).
@@ -165,7 +236,8 @@ fn lanczos<P: image::Pixel<Subpixel = u8> + 'static>(
     .into_raw()
 }
 
-fn open_image(path: &Path) -> Result<image::DynamicImage> {
+/// A reader for `path` whose format was recognised from its bytes.
+fn image_reader(path: &Path) -> Result<image::ImageReader<std::io::BufReader<std::fs::File>>> {
     let reader = image::ImageReader::open(path)
         .map_err(|e| Error::io(path, e))?
         .with_guessed_format()
@@ -176,6 +248,11 @@ fn open_image(path: &Path) -> Result<image::DynamicImage> {
             "not a readable image (PNG or JPEG expected)",
         ));
     }
+    Ok(reader)
+}
+
+fn open_image(path: &Path) -> Result<image::DynamicImage> {
+    let reader = image_reader(path)?;
     let img = reader
         .decode()
         .map_err(|e| Error::format(path, format!("not a readable image: {e}")))?;

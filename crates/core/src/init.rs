@@ -63,7 +63,7 @@ impl Initializer {
     /// The initial value of `key` (file layout, e.g. `[out, in]` for a linear weight).
     pub fn tensor(&self, key: &str, shape: &[usize]) -> HostTensor {
         let n: usize = shape.iter().product();
-        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ fnv1a(key));
+        let mut rng = ChaCha8Rng::seed_from_u64(key_seed(self.seed, key));
         let data = match self.kind(key, shape) {
             InitKind::Zeros => vec![0.0; n],
             InitKind::Ones => vec![1.0; n],
@@ -90,6 +90,11 @@ pub fn default_kind(key: &str, shape: &[usize]) -> InitKind {
     } else {
         InitKind::Zeros
     }
+}
+
+/// The random stream seed of `key` under `seed` (what [`Initializer::tensor`] draws from).
+pub fn key_seed(seed: u64, key: &str) -> u64 {
+    seed ^ fnv1a(key)
 }
 
 /// 64-bit FNV-1a: a stable per-key seed (std's hasher is not specified to be stable).

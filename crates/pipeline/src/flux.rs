@@ -71,6 +71,10 @@ pub struct FluxPipeline {
     pub transformer_names: ParamKeys,
     /// Adapters in use ([`Self::set_adapters`]).
     pub adapters: Option<AdaptedTransformer>,
+    /// Words the tokenizers may not know but that are meant (adapter trigger words: a
+    /// word-level tokenizer maps them to its unknown token, which the adapter was trained on);
+    /// no unknown-word warning for them.
+    pub trigger_words: Vec<String>,
     pub vae: Autoencoder,
     pub text_encoder: ClipTextModel,
     /// T5; `None` for a CLIP-only model, whose sequence states are CLIP's `last_hidden_state`.
@@ -119,6 +123,7 @@ impl FluxPipeline {
             transformer,
             transformer_names,
             adapters: None,
+            trigger_words: Vec::new(),
             scheduler,
             device: device.clone(),
         };
@@ -268,7 +273,8 @@ impl FluxPipeline {
         warnings: &mut Vec<String>,
     ) -> Result<Tensor<2, Int>> {
         for text in texts {
-            let unknown = tok.unknown_words(text);
+            let mut unknown = tok.unknown_words(text);
+            unknown.retain(|w| !self.trigger_words.iter().any(|t| t.eq_ignore_ascii_case(w)));
             if !unknown.is_empty() {
                 let words = tok.words();
                 let known = if words.len() <= 200 {
@@ -370,6 +376,7 @@ impl FluxPipeline {
     /// per file, the layers that matched no transformer weight (a file for another model part
     /// or architecture: worth a warning). A layer that does not fit its weight is an error.
     pub fn set_adapters(&mut self, files: &[FileAdapter<'_>]) -> Result<Vec<Vec<String>>> {
+        self.trigger_words = files.iter().filter_map(|f| f.file.trigger()).collect();
         if files.is_empty() {
             self.adapters = None;
             return Ok(Vec::new());

@@ -171,13 +171,13 @@ pub(crate) fn run(
 /// Sampling defaults a pipeline folder may declare in `model_index.json` under
 /// `_dreamforge_sample` (the nano model does: it needs CFG and more than 4 steps).
 #[derive(Debug, Default, serde::Deserialize)]
-struct SampleDefaults {
-    steps: Option<usize>,
-    true_cfg_scale: Option<f32>,
-    negative_prompt: Option<String>,
+pub(crate) struct SampleDefaults {
+    pub steps: Option<usize>,
+    pub true_cfg_scale: Option<f32>,
+    pub negative_prompt: Option<String>,
 }
 
-fn sample_defaults(model: &std::path::Path) -> SampleDefaults {
+pub(crate) fn sample_defaults(model: &std::path::Path) -> SampleDefaults {
     std::fs::read_to_string(model.join("model_index.json"))
         .ok()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())

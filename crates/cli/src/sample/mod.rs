@@ -4,7 +4,7 @@
 //! `dreamforge` JSON chunk), written atomically; Ctrl-C stops between steps without writing
 //! partial files.
 
-mod flux;
+pub(crate) mod flux;
 mod sd;
 
 use std::path::{Path, PathBuf};

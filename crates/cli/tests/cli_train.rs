@@ -1,0 +1,251 @@
+//! `dreamforge train` end to end on the built-in nano model: a subject folder → an adapter
+//! file (with its metadata), checkpoints, validation renders; the adapter applied by
+//! `sample --lora`; bad input refused with one clear line.
+
+mod common;
+
+use std::path::Path;
+
+use common::{assert_fails, png_files, run, stderr};
+use dreamforge_adapters::AdapterFile;
+
+/// A subject folder: one 64×64 glyph (a yellow H on blue) with a caption file.
+fn subject(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    image::RgbImage::from_fn(64, 64, |x, y| {
+        let bar = (18..27).contains(&x) || (38..47).contains(&x);
+        let h = (bar && (16..49).contains(&y)) || ((18..47).contains(&x) && (28..37).contains(&y));
+        image::Rgb(if h { [250, 210, 20] } else { [30, 60, 200] })
+    })
+    .save(dir.join("glyph.png"))
+    .unwrap();
+    std::fs::write(
+        dir.join("glyph.txt"),
+        "a large yellow sks cross on a blue background",
+    )
+    .unwrap();
+}
+
+fn pixels(p: &Path) -> Vec<u8> {
+    image::open(p).unwrap().to_rgb8().into_raw()
+}
+
+#[test]
+fn train_writes_an_adapter_that_sample_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    let subj = dir.path().join("subject");
+    subject(&subj);
+    let out = dir.path().join("run");
+    let go = |extra: &[&str]| {
+        let mut v = vec![
+            "train",
+            "--subject",
+            subj.to_str().unwrap(),
+            "--token",
+            "sks",
+            "--class",
+            "cross",
+            "--method",
+            "tlora",
+            "--orthogonal",
+            "--steps",
+            "30",
+            "--checkpoint-every",
+            "15",
+            "--validate-every",
+            "15",
+            "--validation-prompt",
+            "a large yellow {token} {class} on a red background",
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+        ];
+        v.extend_from_slice(extra);
+        run(&v)
+    };
+    let o = go(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("T-LoRA (orthogonal) rank 32 min rank 1") && err.contains("on 28 layers"),
+        "the settings are printed: {err}"
+    );
+    assert!(!err.contains("does not know the word"), "{err}");
+    for f in [
+        "adapter.safetensors",
+        "adapters/step-000015.safetensors",
+        "adapters/step-000030.safetensors",
+        "checkpoint/state.json",
+        "run_config.json",
+        "samples/step-000015/00.png",
+        "samples/final/00.png",
+    ] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let lines = std::fs::read_to_string(out.join("loss.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 30);
+
+    // The file: PEFT naming, the orthogonal pairs at rank 2·32, dreamforge metadata.
+    let f = AdapterFile::read(&out.join("adapter.safetensors")).unwrap();
+    assert_eq!(f.layers.len(), 28);
+    assert!(
+        f.layers
+            .values()
+            .all(|l| l.rank() == 64 && l.scale() == 1.0)
+    );
+    let s = f.schedule().expect("a T-LoRA schedule");
+    assert!(s.paired && s.min_rank == 1);
+    assert_eq!(f.trigger().as_deref(), Some("sks"));
+    let meta: serde_json::Value = serde_json::from_str(&f.metadata["dreamforge_adapter"]).unwrap();
+    assert_eq!(meta["parametrization"], "orthogonal");
+    assert_eq!(meta["run_config"]["steps"], 30);
+    assert_eq!(
+        meta["base_model"]["fingerprint"].as_str().unwrap().len(),
+        64
+    );
+    let peft: serde_json::Value =
+        serde_json::from_str(&f.metadata["lora_adapter_metadata"]).unwrap();
+    assert_eq!(peft["transformer.r"], 64);
+    assert!(
+        peft["transformer.target_modules"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("attn.to_out.0"))
+    );
+
+    // Sampling with the adapter: the trigger word is not reported as unknown, and the
+    // image differs from the base model's at the same seed.
+    let prompt = "a large yellow sks cross on a blue background";
+    let base_dir = dir.path().join("base");
+    let o = run(&[
+        "sample",
+        "--prompt",
+        prompt,
+        "--seed",
+        "5",
+        "--out",
+        base_dir.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let with_dir = dir.path().join("with");
+    let adapter = out.join("adapter.safetensors");
+    let o = run(&[
+        "sample",
+        "--prompt",
+        prompt,
+        "--seed",
+        "5",
+        "--lora",
+        adapter.to_str().unwrap(),
+        "--out",
+        with_dir.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("sks"), "{}", stderr(&o));
+    let (b, w) = (
+        pixels(&png_files(&base_dir)[0]),
+        pixels(&png_files(&with_dir)[0]),
+    );
+    let changed = b
+        .iter()
+        .zip(&w)
+        .filter(|(x, y)| x.abs_diff(**y) > 8)
+        .count();
+    assert!(
+        changed > b.len() / 20,
+        "only {changed} of {} values changed",
+        b.len()
+    );
+
+    // A second run into the same folder is refused without touching it; --resume of the
+    // finished run keeps its settings and rewrites the adapter.
+    let before = std::fs::read_to_string(out.join("run_config.json")).unwrap();
+    let o = go(&["--rank", "8"]);
+    assert_fails(&o, 1, &["a run is already here", "--resume"]);
+    assert_eq!(
+        std::fs::read_to_string(out.join("run_config.json")).unwrap(),
+        before
+    );
+    std::fs::remove_file(out.join("adapter.safetensors")).unwrap();
+    let o = go(&["--resume"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.join("adapter.safetensors").exists());
+}
+
+#[test]
+fn train_refuses_bad_subjects_and_settings_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::write(empty.join("notes.gif"), "GIF89a").unwrap();
+    let subj = dir.path().join("subject");
+    subject(&subj);
+    let out = dir.path().join("run");
+    let go = |subject: &Path, extra: &[&str]| {
+        let mut v = vec![
+            "train",
+            "--subject",
+            subject.to_str().unwrap(),
+            "--token",
+            "sks",
+            "--class",
+            "cross",
+            "--steps",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+        ];
+        v.extend_from_slice(extra);
+        run(&v)
+    };
+    assert_fails(
+        &go(&empty, &[]),
+        1,
+        &["empty", "no subject images", "notes.gif"],
+    );
+    assert_fails(
+        &go(&dir.path().join("missing"), &[]),
+        1,
+        &["missing", "No such file"],
+    );
+    std::fs::write(subj.join("broken.png"), b"\x89PNG\r\n\x1a\nxx").unwrap();
+    assert_fails(&go(&subj, &[]), 1, &["broken.png", "not a readable image"]);
+    std::fs::remove_file(subj.join("broken.png")).unwrap();
+    assert_fails(
+        &go(&subj, &["--targets", "(unclosed"]),
+        1,
+        &["target modules", "(unclosed"],
+    );
+    assert_fails(
+        &go(&subj, &["--targets", "^nothing$"]),
+        1,
+        &["no weight", "^nothing$"],
+    );
+    assert_fails(
+        &go(&subj, &["--method", "lora", "--orthogonal"]),
+        1,
+        &["--orthogonal", "tlora"],
+    );
+    assert_fails(&go(&subj, &["--min-rank", "64"]), 1, &["min rank"]);
+    let o = run(&[
+        "train",
+        "--subject",
+        subj.to_str().unwrap(),
+        "--token",
+        "two words",
+        "--class",
+        "cross",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_fails(&o, 1, &["--token", "one word"]);
+    assert_fails(
+        &go(&subj, &["--resolution", "60"]),
+        1,
+        &["resolution 60", "multiple of 8"],
+    );
+    assert!(!out.join("adapter.safetensors").exists());
+}
