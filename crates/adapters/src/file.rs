@@ -25,6 +25,9 @@ pub enum Format {
     Peft,
     /// kohya sd-scripts (`lora_down` / `lora_up` / `alpha`).
     Kohya,
+    /// XLabs x-flux (`<block>.processor.<qkv|proj>_lora[12].down.weight` / `.up.weight`, no
+    /// alpha); FLUX only, converted to module names by the FLUX pipeline.
+    XLabs,
 }
 
 /// One layer's low-rank factors as stored (`down [r, in]`, `up [out, r]`).
@@ -57,6 +60,9 @@ pub struct AdapterFile {
     pub format: Format,
     pub layers: BTreeMap<String, LayerWeights>,
     pub metadata: HashMap<String, String>,
+    /// Tensors that are not part of any low-rank pair or alpha (e.g. DoRA magnitudes, biases,
+    /// norm replacements): not applied, worth a warning.
+    pub ignored: Vec<String>,
 }
 
 /// The safetensors metadata key of dreamforge's own adapter description (JSON: `method`
@@ -72,6 +78,7 @@ pub const META_KEY: &str = "dreamforge_adapter";
 
 const PEFT_A: [&str; 2] = [".lora_A.weight", ".lora_A.default.weight"];
 const KOHYA_DOWN: &str = ".lora_down.weight";
+const XLABS_DOWN: &str = ".down.weight";
 
 fn read_scalar(f: &SafetensorsFile, key: &str) -> Result<f32> {
     match f.read_f32(key) {
@@ -151,6 +158,16 @@ impl AdapterFile {
                 layers.insert(name.to_owned(), pair(&f, k, &up, name, alpha)?);
             }
             Format::Peft
+        } else if keys
+            .iter()
+            .any(|k| k.contains(".processor.") && k.ends_with(XLABS_DOWN))
+        {
+            for k in keys.iter().filter(|k| k.ends_with(XLABS_DOWN)) {
+                let name = k.trim_end_matches(XLABS_DOWN);
+                let up = format!("{name}.up.weight");
+                layers.insert(name.to_owned(), pair(&f, k, &up, name, None)?);
+            }
+            Format::XLabs
         } else {
             let shown: Vec<&str> = keys.iter().take(3).map(String::as_str).collect();
             return Err(Error::format(
@@ -162,11 +179,33 @@ impl AdapterFile {
                 ),
             ));
         };
+        let used: std::collections::HashSet<String> = layers
+            .keys()
+            .flat_map(|name| {
+                let raws = [name.clone(), format!("base_model.model.{name}")];
+                raws.into_iter().flat_map(|raw| {
+                    [
+                        ".lora_A.weight",
+                        ".lora_B.weight",
+                        ".lora_A.default.weight",
+                        ".lora_B.default.weight",
+                        ".lora_down.weight",
+                        ".lora_up.weight",
+                        ".down.weight",
+                        ".up.weight",
+                        ".alpha",
+                    ]
+                    .map(|s| format!("{raw}{s}"))
+                })
+            })
+            .collect();
+        let ignored = keys.into_iter().filter(|k| !used.contains(k)).collect();
         Ok(Self {
             path: path.to_path_buf(),
             format,
             layers,
             metadata,
+            ignored,
         })
     }
 
@@ -188,6 +227,24 @@ impl AdapterFile {
             if let Some(a) = l.alpha.filter(|a| *a != l.rank() as f32) {
                 tensors.push((format!("{base}.alpha"), HostTensor::new(vec![], vec![a])));
             }
+        }
+        dreamforge_core::export::save_safetensors(path, &tensors, metadata)
+    }
+
+    /// Writes `layers` (full kohya module names, e.g. `lora_unet_double_blocks_0_img_attn_qkv`)
+    /// in kohya naming: `lora_down` / `lora_up` and a 0-d f32 `alpha` on every layer (rank
+    /// when the layer has none). Written atomically.
+    pub fn write_kohya(
+        path: &Path,
+        layers: &BTreeMap<String, LayerWeights>,
+        metadata: &HashMap<String, String>,
+    ) -> Result<()> {
+        let mut tensors = Vec::with_capacity(layers.len() * 3);
+        for (name, l) in layers {
+            tensors.push((format!("{name}.lora_down.weight"), l.down.clone()));
+            tensors.push((format!("{name}.lora_up.weight"), l.up.clone()));
+            let a = l.alpha.unwrap_or(l.rank() as f32);
+            tensors.push((format!("{name}.alpha"), HostTensor::new(vec![], vec![a])));
         }
         dreamforge_core::export::save_safetensors(path, &tensors, metadata)
     }
@@ -224,6 +281,7 @@ impl AdapterFile {
     pub fn layer_for(&self, component: &str, module: &str) -> Option<(&str, &LayerWeights)> {
         let candidates = match self.format {
             Format::Peft => vec![format!("{component}.{module}"), module.to_owned()],
+            Format::XLabs => Vec::new(),
             Format::Kohya => {
                 let flat = module.replace('.', "_");
                 vec![

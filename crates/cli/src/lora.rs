@@ -1,12 +1,22 @@
-//! `dreamforge lora inspect PATH`: what an adapter file holds — naming format, method (LoRA or
-//! T-LoRA and its rank schedule), layers with their ranks and shapes, alphas, metadata.
+//! `dreamforge lora inspect | convert | merge`: what an adapter file holds (naming format,
+//! method, layers, ranks, alphas, metadata); rewriting a FLUX adapter in PEFT / diffusers or
+//! kohya naming; merging a plain LoRA into a FLUX transformer's weights (a T-LoRA cannot be
+//! merged into one weight — its update changes with the step — so it is merged at one chosen
+//! rank, or used at sampling time).
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 
-use clap::Subcommand;
+use anyhow::bail;
+use burn::module::Module;
+use clap::{Subcommand, ValueEnum};
 use dreamforge_adapters::file::META_KEY;
-use dreamforge_adapters::{AdapterFile, Format};
+use dreamforge_adapters::{AdapterFile, FileAdapter, Format, attach_files};
+use dreamforge_core::Error;
+use dreamforge_models::dit::flux::{
+    FluxConfig, FluxKeyFormat, FluxTransformer, infer_config as infer_flux_config,
+};
+use dreamforge_pipeline::flux_lora::{infer_config, to_diffusers_layout, to_kohya_bfl};
 
 #[derive(Subcommand)]
 pub enum LoraCommand {
@@ -18,6 +28,47 @@ pub enum LoraCommand {
         #[arg(long)]
         layers: bool,
     },
+    /// Rewrite a FLUX adapter in another naming (any readable input: PEFT / diffusers, kohya,
+    /// BFL, XLabs).
+    Convert {
+        /// The adapter file.
+        path: PathBuf,
+        /// Target naming.
+        #[arg(long, value_enum)]
+        to: Target,
+        /// Output .safetensors file.
+        #[arg(long)]
+        out: PathBuf,
+        /// The FLUX model the adapter is for (its transformer config sizes the fused
+        /// projections) [default: inferred from the file].
+        #[arg(long)]
+        model: Option<PathBuf>,
+    },
+    /// Merge a LoRA into a FLUX transformer's weights and write them as one safetensors file
+    /// (diffusers keys), to use with `sample --model MERGED --components BASE_FOLDER`.
+    Merge {
+        /// The base model: a FLUX diffusers folder or single-file transformer.
+        #[arg(long)]
+        model: PathBuf,
+        /// The adapter, optionally at a strength (PATH[:SCALE]).
+        #[arg(long)]
+        lora: String,
+        /// Output .safetensors file.
+        #[arg(long)]
+        out: PathBuf,
+        /// T-LoRA only: merge with this many rank components active (the adapter at one point
+        /// of its schedule; the full rank is its behaviour at the clean end).
+        #[arg(long)]
+        tlora_rank: Option<usize>,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Target {
+    /// diffusers / PEFT: `transformer.<module>.lora_A/B.weight` (+ `.alpha` where ≠ rank).
+    Peft,
+    /// kohya sd-scripts on BFL modules: `lora_unet_double_blocks_0_img_attn_qkv.lora_down…`.
+    Kohya,
 }
 
 pub fn run(cmd: LoraCommand) -> anyhow::Result<()> {
@@ -26,22 +77,206 @@ pub fn run(cmd: LoraCommand) -> anyhow::Result<()> {
             print!("{}", inspect(&AdapterFile::read(&path)?, layers));
             Ok(())
         }
+        LoraCommand::Convert {
+            path,
+            to,
+            out,
+            model,
+        } => convert(&path, to, &out, model.as_deref()),
+        LoraCommand::Merge {
+            model,
+            lora,
+            out,
+            tlora_rank,
+        } => merge(&model, &lora, &out, tlora_rank),
     }
+}
+
+/// The transformer config of a FLUX model path (folder or single file).
+fn model_config(model: &Path) -> anyhow::Result<FluxConfig> {
+    let cfg = model.join("transformer/config.json");
+    if cfg.exists() {
+        return Ok(FluxConfig::from_file(&cfg)?);
+    }
+    let set = dreamforge_core::WeightSet::open(model)?;
+    let format = FluxKeyFormat::detect(&set)
+        .ok_or_else(|| Error::format(model, "not a FLUX transformer checkpoint"))?;
+    Ok(infer_flux_config(&set, &format, None)?)
+}
+
+fn convert(path: &Path, to: Target, out: &Path, model: Option<&Path>) -> anyhow::Result<()> {
+    let f = AdapterFile::read(path)?;
+    let cfg = match model {
+        Some(m) => model_config(m)?,
+        None => infer_config(&f).ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "{}: cannot tell the FLUX block width from the file; pass --model",
+                path.display()
+            ))
+        })?,
+    };
+    let mut meta = f.metadata.clone();
+    let schedule = f.schedule();
+    if to == Target::Kohya && schedule.is_some() {
+        // Fused kohya layers interleave the splits' rank components, so the T-LoRA mask
+        // cannot follow them; other tools apply a T-LoRA at full rank anyway.
+        eprintln!(
+            "warning: {} is a T-LoRA; the kohya file is its full-rank adapter (what other tools apply at every step) without the rank schedule",
+            path.display()
+        );
+        meta.remove(META_KEY);
+    }
+    let layers = match to {
+        Target::Kohya => {
+            meta.remove("lora_adapter_metadata");
+            let layers = to_kohya_bfl(&f, &cfg)
+                .map_err(|r| Error::InvalidInput(format!("{}: {r}", path.display())))?;
+            AdapterFile::write_kohya(out, &layers, &meta)?;
+            layers.len()
+        }
+        Target::Peft => {
+            let d = to_diffusers_layout(&f, &cfg);
+            let layers: BTreeMap<String, _> = d
+                .layers
+                .into_iter()
+                .map(|(k, v)| {
+                    let k = match d.format {
+                        Format::Peft => k.strip_prefix("transformer.").unwrap_or(&k).to_string(),
+                        _ => k,
+                    };
+                    (k, v)
+                })
+                .collect();
+            if d.format != Format::Peft {
+                bail!(Error::InvalidInput(format!(
+                    "{}: only FLUX transformer layers convert (this {:?} file names other modules, e.g. `{}`)",
+                    path.display(),
+                    d.format,
+                    layers.keys().next().map(String::as_str).unwrap_or("")
+                )));
+            }
+            AdapterFile::write_peft(out, "transformer", &layers, &meta)?;
+            layers.len()
+        }
+    };
+    eprintln!("wrote {layers} layers to {}", out.display());
+    Ok(())
+}
+
+fn merge(model: &Path, lora: &str, out: &Path, tlora_rank: Option<usize>) -> anyhow::Result<()> {
+    let (path, strength) = crate::sample::parse_lora(lora);
+    let f = AdapterFile::read(&path)?;
+    let schedule = f.schedule();
+    if schedule.is_some() && tlora_rank.is_none() {
+        bail!(Error::InvalidInput(format!(
+            "{}: a T-LoRA cannot be merged into one weight: its update changes with the step (rank r(t) from {} at pure noise to full at the clean end), so any merged weight is the adapter at a single rank. Use it at sampling time (sample --lora), or merge it at one rank with --tlora-rank N",
+            path.display(),
+            schedule.map_or(1, |s| s.min_rank)
+        )));
+    }
+    if tlora_rank.is_some() && schedule.is_none() {
+        bail!(Error::InvalidInput(format!(
+            "{}: --tlora-rank applies to T-LoRA files; this is a plain LoRA",
+            path.display()
+        )));
+    }
+    let device = dreamforge_core::select_device(dreamforge_core::DeviceSpec::Cpu)?;
+    let weights = if model.join("transformer").is_dir() {
+        model.join("transformer")
+    } else {
+        model.to_path_buf()
+    };
+    let config = model_config(model).ok();
+    let (base, names) = FluxTransformer::load_named(&weights, config, &device)?;
+    let converted = to_diffusers_layout(&f, &base.config);
+    let adapters = [FileAdapter {
+        file: &converted,
+        strength,
+    }];
+    let (adapted, unmatched) = attach_files(base, "transformer", |p| names.key_of(p), &adapters)?;
+    if unmatched[0].len() == converted.layers.len() {
+        bail!(Error::InvalidInput(format!(
+            "{}: none of its layers matches a weight of {}",
+            path.display(),
+            model.display()
+        )));
+    }
+    let adapted = match (schedule, tlora_rank) {
+        (Some(s), Some(r)) => {
+            // The progress at which the schedule gives rank r (r(p) is monotone in p).
+            let rank = converted
+                .layers
+                .values()
+                .map(|l| l.rank())
+                .max()
+                .unwrap_or(1);
+            let full = if s.paired { rank / 2 } else { rank };
+            if r < s.min_rank.min(full) || r > full {
+                bail!(Error::InvalidInput(format!(
+                    "--tlora-rank {r} is outside the schedule's range {}..={full}",
+                    s.min_rank.min(full)
+                )));
+            }
+            let p = (0..=1000)
+                .map(|i| i as f64 / 1000.0)
+                .find(|&p| s.rank_at(full, p) >= r)
+                .unwrap_or(1.0);
+            dreamforge_adapters::at_step(adapted, &[Some(s)], p)
+        }
+        _ => adapted,
+    };
+    let merged = adapted.materialize();
+    let tensors = names.export(&merged)?;
+    let mut meta = HashMap::new();
+    meta.insert(
+        "dreamforge_merged".to_string(),
+        serde_json::json!({"base": model.display().to_string(), "adapter": path.display().to_string(),
+            "strength": strength, "tlora_rank": tlora_rank})
+        .to_string(),
+    );
+    dreamforge_core::export::save_safetensors(out, &tensors, &meta)?;
+    if !unmatched[0].is_empty() {
+        eprintln!(
+            "warning: {} of the adapter's layers match no weight and were skipped, e.g. `{}`",
+            unmatched[0].len(),
+            unmatched[0][0]
+        );
+    }
+    eprintln!(
+        "merged {} into {} tensors, written to {}",
+        path.display(),
+        tensors.len(),
+        out.display()
+    );
+    Ok(())
 }
 
 fn inspect(f: &AdapterFile, all: bool) -> String {
     use std::fmt::Write;
     let mut s = String::new();
-    let format = match f.format {
-        Format::Peft => "PEFT / diffusers (lora_A / lora_B)",
-        Format::Kohya => "kohya (lora_down / lora_up / alpha)",
+    let bfl = f
+        .layers
+        .keys()
+        .any(|k| k.contains("double_blocks") || k.contains("single_blocks"));
+    let format = match (f.format, bfl) {
+        (Format::Peft, false) => "PEFT / diffusers (lora_A / lora_B)",
+        (Format::Peft, true) => "PEFT naming on BFL FLUX modules (lora_A / lora_B)",
+        (Format::Kohya, false) => "kohya (lora_down / lora_up / alpha)",
+        (Format::Kohya, true) => "kohya on BFL FLUX modules (lora_down / lora_up / alpha)",
+        (Format::XLabs, _) => "XLabs x-flux (processor qkv_lora / proj_lora, no alpha)",
     };
     let _ = writeln!(s, "file:    {}", f.path.display());
     let _ = writeln!(s, "format:  {format}");
     let method = match f.schedule() {
         Some(r) => format!(
-            "T-LoRA (rank mask per step: min rank {}, exponent {})",
-            r.min_rank, r.exponent
+            "T-LoRA (rank mask per step: min rank {}, exponent {}{})",
+            r.min_rank,
+            r.exponent,
+            if r.paired {
+                "; orthogonal, stored as exact [current; frozen] pairs of twice the rank"
+            } else {
+                ""
+            }
         ),
         None => "LoRA".to_string(),
     };
@@ -56,7 +291,9 @@ fn inspect(f: &AdapterFile, all: bool) -> String {
         params += l.down.data.len() + l.up.data.len();
         let c = match f.format {
             Format::Peft => name.split('.').next().unwrap_or(""),
+            Format::Kohya if bfl => "transformer",
             Format::Kohya => name.split('_').take(2).last().unwrap_or(""),
+            Format::XLabs => "transformer",
         };
         *components.entry(c).or_default() += 1;
     }
@@ -98,6 +335,14 @@ fn inspect(f: &AdapterFile, all: bool) -> String {
         }
     } else if let Some((name, _)) = f.layers.iter().next() {
         let _ = writeln!(s, "  e.g. {name}  (--layers lists all)");
+    }
+    if !f.ignored.is_empty() {
+        let _ = writeln!(
+            s,
+            "ignored: {} tensor(s) that are not low-rank factors or alphas (not applied), e.g. {}",
+            f.ignored.len(),
+            f.ignored[0]
+        );
     }
     let mut keys: Vec<&String> = f.metadata.keys().collect();
     keys.sort();

@@ -381,12 +381,25 @@ impl FluxPipeline {
             self.adapters = None;
             return Ok(Vec::new());
         }
+        // BFL-layout files (kohya, XLabs, BFL) → diffusers module names.
+        let converted: Vec<_> = files
+            .iter()
+            .map(|f| crate::flux_lora::to_diffusers_layout(f.file, &self.transformer.config))
+            .collect();
+        let files: Vec<FileAdapter> = converted
+            .iter()
+            .zip(files)
+            .map(|(file, f)| FileAdapter {
+                file,
+                strength: f.strength,
+            })
+            .collect();
         let names = &self.transformer_names;
         let (model, unmatched) = attach_files(
             self.transformer.clone(),
             "transformer",
             |p| names.key_of(p),
-            files,
+            &files,
         )?;
         self.adapters = Some(AdaptedTransformer {
             model,

@@ -5,6 +5,7 @@ pub mod components;
 pub mod conditioning;
 pub mod family;
 pub mod flux;
+pub mod flux_lora;
 pub mod guidance;
 pub mod inspect;
 pub mod latents;
