@@ -19,9 +19,19 @@ pub fn run(fx: &Fixture, device: &Device) -> Result<Vec<Outcome>, String> {
     };
     let model =
         FluxTransformer::load(&fx.weights_path(), config, device).map_err(|e| e.to_string())?;
+    run_cases(fx, device, |_| Ok(model.clone()))
+}
+
+/// Runs every case through the model `model_for(case)` gives and compares `sample`.
+pub fn run_cases(
+    fx: &Fixture,
+    device: &Device,
+    mut model_for: impl FnMut(&super::golden::Case) -> Result<FluxTransformer, String>,
+) -> Result<Vec<Outcome>, String> {
     let mut out = Vec::new();
     for (i, case) in fx.cases.iter().enumerate() {
         let r = (|| -> Result<BTreeMap<String, _>, String> {
+            let model = &model_for(case)?;
             let hs = fx.input(case, "hidden_states")?;
             let ehs = fx.input(case, "encoder_hidden_states")?;
             let pooled = fx.input(case, "pooled_projections")?;

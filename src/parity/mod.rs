@@ -7,6 +7,7 @@ mod clip;
 mod flux;
 mod flux_pipeline;
 mod golden;
+mod lora;
 mod scheduler;
 mod sd_pipeline;
 mod single_file;
@@ -68,6 +69,7 @@ pub fn run_fixture(dir: &Path, device: &Device) -> Vec<Outcome> {
     };
     let result = match fixture.kind.as_str() {
         "flux_transformer" => flux::run(&fixture, device),
+        "lora" => lora::run(&fixture, device),
         "flux_pipeline" => flux_pipeline::run(&fixture, device),
         "scheduler" => scheduler::run(&fixture),
         "sd_single_file" => single_file::run(&fixture, device),

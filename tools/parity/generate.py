@@ -3,7 +3,7 @@
     python -m venv .venv && .venv/bin/pip install -r tools/parity/requirements.txt
     .venv/bin/python tools/parity/generate.py [family ...]
 
-Families: flux, flux_pipeline, scheduler, sd_pipeline, single_file, vae, clip, t5, tokenizer. Deterministic: re-running
+Families: flux, flux_pipeline, lora, scheduler, sd_pipeline, single_file, vae, clip, t5, tokenizer. Deterministic: re-running
 rewrites identical fixtures on the same pinned versions.
 """
 
@@ -17,6 +17,7 @@ torch.set_num_threads(1)
 import clip  # noqa: E402
 import flux  # noqa: E402
 import flux_pipeline  # noqa: E402
+import lora  # noqa: E402
 import scheduler  # noqa: E402
 import sd_pipeline  # noqa: E402
 import single_file  # noqa: E402
@@ -28,6 +29,7 @@ import vae  # noqa: E402
 FAMILIES = {
     "flux": flux.generate,
     "flux_pipeline": flux_pipeline.generate,
+    "lora": lora.generate,
     "scheduler": scheduler.generate,
     "sd_pipeline": sd_pipeline.generate,
     "single_file": single_file.generate,
