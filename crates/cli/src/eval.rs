@@ -32,6 +32,10 @@ pub struct EvalArgs {
     /// Fresh ground-truth scenes for the judge's own accuracy.
     #[arg(long, default_value_t = 1000)]
     pub ground_truth: usize,
+    /// Trigger word(s) of subject adapters, left out of the prompts before they are judged
+    /// (also read from each PNG's adapter metadata).
+    #[arg(long)]
+    pub trigger: Vec<String>,
     /// Also write per-image results and the summary as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -92,11 +96,18 @@ fn prompt_of(file: &Path, table: &Option<Vec<(String, String)>>) -> anyhow::Resu
             });
     }
     let text = read_png_text(file)?;
-    let prompt = text
+    let meta = text
         .iter()
         .find(|(k, _)| k == "dreamforge")
-        .and_then(|(_, v)| serde_json::from_str::<serde_json::Value>(v).ok())
-        .and_then(|v| v["prompt"].as_str().map(str::to_string));
+        .and_then(|(_, v)| serde_json::from_str::<serde_json::Value>(v).ok());
+    let prompt = meta.as_ref().and_then(|v| {
+        let p = v["prompt"].as_str()?;
+        let triggers: Vec<&str> = v["adapters"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|x| x["trigger"].as_str()).collect())
+            .unwrap_or_default();
+        Some(without_words(p, &triggers))
+    });
     prompt.ok_or_else(|| {
         Error::InvalidInput(format!(
             "{}: no prompt in its metadata (not written by `dreamforge sample`); pass --prompts",
@@ -104,6 +115,18 @@ fn prompt_of(file: &Path, table: &Option<Vec<(String, String)>>) -> anyhow::Resu
         ))
         .into()
     })
+}
+
+/// `prompt` without the words in `drop` (case-insensitive, whole words).
+fn without_words(prompt: &str, drop: &[impl AsRef<str>]) -> String {
+    prompt
+        .split_whitespace()
+        .filter(|w| {
+            let bare = w.trim_matches(|c: char| !c.is_alphanumeric());
+            !drop.iter().any(|d| d.as_ref().eq_ignore_ascii_case(bare))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn read_prompts(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
@@ -136,7 +159,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     let table = a.prompts.as_deref().map(read_prompts).transpose()?;
     let prompts = files
         .iter()
-        .map(|f| prompt_of(f, &table))
+        .map(|f| prompt_of(f, &table).map(|p| without_words(&p, &a.trigger)))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut judged = Vec::with_capacity(files.len());
     for (fs, ps) in files.chunks(100).zip(prompts.chunks(100)) {

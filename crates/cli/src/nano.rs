@@ -27,6 +27,22 @@ pub enum NanoCommand {
     /// Train the judge (the attribute classifier behind `dreamforge eval`; shipped in
     /// models/nano-judge).
     TrainJudge(TrainJudgeArgs),
+    /// Write a one-image subject set the nano model never saw (a textured object of a known
+    /// shape class) for `dreamforge train`, with evaluation prompts for new contexts.
+    Subject {
+        /// Subject seed (each seed is a different subject and scene).
+        #[arg(long)]
+        seed: u64,
+        /// Output folder: subject.png, subject.txt (its caption), eval_prompts.txt.
+        #[arg(long)]
+        out: PathBuf,
+        /// The trigger word in the captions.
+        #[arg(long, default_value = "sks")]
+        token: String,
+        /// How many evaluation prompts to write.
+        #[arg(long, default_value_t = 8)]
+        eval_prompts: usize,
+    },
     /// Print captions of fresh scenes, one per line (held-out combinations with --held-out):
     /// prompts for measuring prompt fidelity.
     Prompts {
@@ -101,6 +117,12 @@ pub fn run(cmd: NanoCommand) -> anyhow::Result<()> {
     match cmd {
         NanoCommand::Pretrain(a) => pretrain(a),
         NanoCommand::TrainJudge(a) => train_judge(a),
+        NanoCommand::Subject {
+            seed,
+            out,
+            token,
+            eval_prompts,
+        } => write_subject(seed, &out, &token, eval_prompts),
         NanoCommand::Prompts {
             count,
             held_out,
@@ -119,6 +141,44 @@ pub fn run(cmd: NanoCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn write_subject(seed: u64, out: &Path, token: &str, count: usize) -> anyhow::Result<()> {
+    use dreamforge_nano::Size;
+    use dreamforge_nano::subject::{SubjectSet, subject_caption};
+    let set = SubjectSet::from_seed(seed);
+    let side = 64;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let pixels = set
+        .subject
+        .render(Size::Large, set.position, set.background, side);
+    let img = dreamforge_core::image_io::RgbImage {
+        width: side as u32,
+        height: side as u32,
+        pixels,
+    };
+    let caption = subject_caption(
+        token,
+        set.subject.shape,
+        Size::Large,
+        set.position,
+        set.background,
+    );
+    let meta =
+        serde_json::json!({"subject": set.subject, "seed": seed, "caption": caption}).to_string();
+    dreamforge_core::image_io::save_png(
+        &out.join("subject.png"),
+        &img,
+        &[("dreamforge_subject", &meta)],
+    )?;
+    dreamforge_core::image_io::write_atomic(&out.join("subject.txt"), caption.as_bytes())?;
+    let prompts = set.eval_prompts(token, count);
+    dreamforge_core::image_io::write_atomic(
+        &out.join("eval_prompts.txt"),
+        format!("{}\n", prompts.join("\n")).as_bytes(),
+    )?;
+    println!("{caption}");
+    Ok(())
 }
 
 /// Writes `run_config.json` into the run folder (created).

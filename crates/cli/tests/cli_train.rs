@@ -249,3 +249,54 @@ fn train_refuses_bad_subjects_and_settings_with_one_line() {
     );
     assert!(!out.join("adapter.safetensors").exists());
 }
+
+#[test]
+fn nano_subjects_and_eval_without_the_trigger_word() {
+    let dir = tempfile::tempdir().unwrap();
+    let subj = dir.path().join("subj");
+    let o = run(&[
+        "nano",
+        "subject",
+        "--seed",
+        "2",
+        "--out",
+        subj.to_str().unwrap(),
+        "--eval-prompts",
+        "3",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let caption = std::fs::read_to_string(subj.join("subject.txt")).unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), caption);
+    assert!(
+        caption.starts_with("a large sks ") && caption.contains(" background, "),
+        "{caption}"
+    );
+    let prompts = std::fs::read_to_string(subj.join("eval_prompts.txt")).unwrap();
+    assert_eq!(prompts.lines().count(), 3);
+    let img = image::open(subj.join("subject.png")).unwrap().to_rgb8();
+    assert_eq!(img.dimensions(), (64, 64));
+    // eval judges the prompt without the trigger word (the nano world has no word `sks`);
+    // without --trigger the prompt is outside the world and refused.
+    let table = dir.path().join("prompts.tsv");
+    std::fs::write(&table, format!("subject.png\t{caption}\n")).unwrap();
+    let args = |extra: &[&str]| {
+        let mut v = vec![
+            "eval",
+            "--images",
+            subj.to_str().unwrap(),
+            "--prompts",
+            table.to_str().unwrap(),
+            "--reference",
+            subj.to_str().unwrap(),
+            "--ground-truth",
+            "50",
+        ];
+        v.extend_from_slice(extra);
+        run(&v)
+    };
+    assert_fails(&args(&[]), 1, &["sks"]);
+    let o = args(&["--trigger", "sks"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("subject similarity: 1.000"), "{out}");
+}

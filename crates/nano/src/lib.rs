@@ -14,6 +14,7 @@ pub mod model;
 pub mod pretrain;
 pub mod render;
 pub mod scene;
+pub mod subject;
 
 pub use caption::{ParseError, caption, parse, vocabulary};
 pub use render::render;

@@ -65,11 +65,10 @@ pub fn inside(shape: Shape, x: f32, y: f32, r: f32) -> bool {
     }
 }
 
-/// The scene as `side`×`side` 8-bit RGB, row-major HWC.
-pub fn render(scene: &Scene, side: usize) -> Vec<u8> {
+/// `side`×`side` 8-bit RGB (row-major HWC) of the colour function `colour(u, v)` over unit
+/// image coordinates, each pixel the mean of a 4×4 grid of sub-samples.
+pub fn supersample(side: usize, colour: impl Fn(f32, f32) -> [f32; 3]) -> Vec<u8> {
     const SUB: usize = 4;
-    let bg = scene.background.rgb().map(f32::from);
-    let centres = scene.centres();
     let mut out = Vec::with_capacity(side * side * 3);
     for py in 0..side {
         for px in 0..side {
@@ -78,23 +77,31 @@ pub fn render(scene: &Scene, side: usize) -> Vec<u8> {
                 for sx in 0..SUB {
                     let u = (px as f32 + (sx as f32 + 0.5) / SUB as f32) / side as f32;
                     let v = (py as f32 + (sy as f32 + 0.5) / SUB as f32) / side as f32;
-                    let mut c = bg;
-                    for (o, &(cx, cy)) in scene.objects.iter().zip(&centres) {
-                        if inside(o.shape, u - cx, v - cy, radius(o.size)) {
-                            c = o.colour.rgb().map(f32::from);
-                        }
-                    }
+                    let c = colour(u, v);
                     for k in 0..3 {
                         acc[k] += c[k];
                     }
                 }
             }
-            for a in acc {
-                out.push((a / (SUB * SUB) as f32).round() as u8);
-            }
+            out.extend(acc.map(|a| (a / (SUB * SUB) as f32).round() as u8));
         }
     }
     out
+}
+
+/// The scene as `side`×`side` 8-bit RGB, row-major HWC.
+pub fn render(scene: &Scene, side: usize) -> Vec<u8> {
+    let bg = scene.background.rgb().map(f32::from);
+    let centres = scene.centres();
+    supersample(side, |u, v| {
+        let mut c = bg;
+        for (o, &(cx, cy)) in scene.objects.iter().zip(&centres) {
+            if inside(o.shape, u - cx, v - cy, radius(o.size)) {
+                c = o.colour.rgb().map(f32::from);
+            }
+        }
+        c
+    })
 }
 
 /// Scenes rendered at `side` as `[n, 3, side, side]` in [-1, 1].

@@ -131,6 +131,7 @@ pub(crate) fn run(
                 "path": p.display().to_string(),
                 "strength": s,
                 "method": if f.schedule().is_some() { "tlora" } else { "lora" },
+                "trigger": f.trigger(),
             })
         })
         .collect();
