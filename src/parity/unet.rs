@@ -115,7 +115,7 @@ fn check_inferred_structure(
     }
 }
 
-fn load(fx: &Fixture, device: &Device) -> Result<UNet2DConditionModel, String> {
+pub fn load(fx: &Fixture, device: &Device) -> Result<UNet2DConditionModel, String> {
     let e = |e: dreamforge_core::Error| e.to_string();
     let set = WeightSet::open(fx.weights_path()).map_err(e)?;
     let cfg_path = fx.dir.join("config.json");
@@ -128,19 +128,33 @@ fn load(fx: &Fixture, device: &Device) -> Result<UNet2DConditionModel, String> {
         if let Some(given) = &config {
             check_inferred_structure(&infer_ldm_structure(&set).map_err(e)?, given)?;
         }
-        UNet2DConditionModel::from_single_file(&set, config, device).map_err(e)
+        UNet2DConditionModel::from_single_file_named(&set, config, device)
+            .map(|(m, _)| m)
+            .map_err(e)
     } else {
         let config =
             config.ok_or("a diffusers-layout UNet fixture needs config.json".to_string())?;
-        UNet2DConditionModel::from_weights(&set, "", config, device).map_err(e)
+        UNet2DConditionModel::from_weights_named(&set, "", config, device)
+            .map(|(m, _)| m)
+            .map_err(e)
     }
 }
 
 pub fn run(fx: &Fixture, device: &Device) -> Result<Vec<Outcome>, String> {
     let model = load(fx, device)?;
+    run_cases(fx, device, |_| Ok(model.clone()))
+}
+
+/// Runs every case through the model `model_for(case)` gives and compares `sample`.
+pub fn run_cases(
+    fx: &Fixture,
+    device: &Device,
+    mut model_for: impl FnMut(&super::golden::Case) -> Result<UNet2DConditionModel, String>,
+) -> Result<Vec<Outcome>, String> {
     let mut out = Vec::new();
     for (i, case) in fx.cases.iter().enumerate() {
         let r = (|| -> Result<BTreeMap<String, _>, String> {
+            let model = &model_for(case)?;
             let sample = fx.input(case, "sample")?;
             let timestep = fx.input(case, "timestep")?;
             let ehs = fx.input(case, "encoder_hidden_states")?;

@@ -9,6 +9,13 @@ rebuilt here bit-identically from the same seed):
   `convert_to_sd_scripts_cat` writes), with the PEFT goldens: the outputs must be identical.
 - lora_flux_bfl: the same adapter with PEFT keys on BFL module paths (no alpha, scale folded;
   the layout of BFL's own LoRA files), with the PEFT goldens.
+- lora_unet_sd1_peft / lora_unet_sd1_kohya: a PEFT LoRA on the tiny SD1 UNet (../unet_sd1_tiny:
+  attention q/k/v/out, feed-forward and the 1×1-conv proj_in / proj_out), saved by
+  `StableDiffusionPipeline.save_lora_weights`, goldens at scales 1.0 and 0.5; the same adapter in
+  kohya naming (diffusers module paths flattened, 1×1 factors 4-D, alpha per module).
+- lora_unet_sdxl_kohya: a PEFT LoRA on the tiny SDXL UNet (../unet_sdxl_tiny) written in kohya
+  naming on the original SGM module paths (`lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q`),
+  as sd-scripts writes SDXL LoRAs.
 - tlora_flux_vanilla / tlora_flux_ortho: T-LoRA on the attention projections (q/k/v/out of both
   streams), forward at three timesteps through a PyTorch reimplementation of the reference's layer
   math (ControlGenAI/T-LoRA `tlora/model/lora.py`: `LoRALinearLayer` with `sigma_mask`, and
@@ -55,16 +62,24 @@ def set_scale(m, scale):
             mod.set_scale("default", scale)
 
 
-def peft_cases(m, scales):
+def adapter_metadata(m):
+    """PEFT's config dict with `target_modules` sorted (a Python set: its order would change
+    with the process's hash seed, and the fixture with it)."""
+    meta = m.peft_config["default"].to_dict()
+    meta["target_modules"] = sorted(meta["target_modules"])
+    return meta
+
+
+def scaled_cases(m, scales, run):
+    """The cases `run()` computes, once per user scale (`LoraLayer.set_scale`), renumbered."""
     tensors, cases = {}, []
     i = 0
     for scale in scales:
         set_scale(m, scale)
-        t, cs = flux.cases(m, True, 3000)
+        t, cs = run()
         for c in cs:
-            names = {}
+            names = {"inputs": {}, "outputs": {}}
             for role in ("inputs", "outputs"):
-                names[role] = {}
                 for k, key in c[role].items():
                     new = key.replace(key.split(".")[0], f"case{i}", 1)
                     tensors[new] = t[key]
@@ -73,6 +88,10 @@ def peft_cases(m, scales):
             i += 1
     set_scale(m, 1.0)
     return tensors, cases
+
+
+def peft_cases(m, scales):
+    return scaled_cases(m, scales, lambda: flux.cases(m, True, 3000))
 
 
 def diffusers_lora_to_kohya_bfl(sd, alpha, cfg):
@@ -143,10 +162,11 @@ def kohya_to_bfl_peft(kohya):
     return out
 
 
-def write_lora_fixture(name, adapter_name, tensors_file, metadata, tensors, cases):
+def write_lora_fixture(name, adapter_name, tensors_file, metadata, tensors, cases, base=BASE,
+                       base_kind="flux_transformer"):
     d = fresh_dir(name)
     save_file(tensors_file, str(d / adapter_name), metadata=metadata)
-    write_golden(d, "lora", tensors, cases, TOL, base=BASE, base_kind="flux_transformer", adapter=adapter_name)
+    write_golden(d, "lora", tensors, cases, TOL, base=base, base_kind=base_kind, adapter=adapter_name)
 
 
 # --- T-LoRA: the reference's layer math -------------------------------------------------------
@@ -243,7 +263,79 @@ def tlora_fixture(name, ortho, rank=4, min_rank=1, alpha=1.0):
     write_lora_fixture(name, "tlora.safetensors", file_tensors, meta, tensors, cases)
 
 
+UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out"]
+
+
+def unet_peft(base_seed, kw, seed):
+    import unet
+
+    m = unet.tiny_unet(base_seed, **kw)
+    unet.round_to(m, torch.float16)
+    m.to(torch.float32)
+    m.add_adapter(LoraConfig(r=2, lora_alpha=3, target_modules=UNET_TARGETS, init_lora_weights=True))
+    randomize_lora(m, seed)
+    return m
+
+
+def unet_cases(m, specs, seed, text_time=None):
+    import unet
+
+    return scaled_cases(m, (1.0, 0.5), lambda: unet.run_cases(m, specs, seed, text_time))
+
+
+def peft_to_kohya(sd, alpha, rename):
+    """PEFT `unet.<module>.lora_A/B.weight` → kohya `lora_unet_<rename(module) with _>` + alpha."""
+    out = {}
+    for k, v in sd.items():
+        module, which = k[len("unet."):].rsplit(".lora_", 1)
+        name = "lora_unet_" + rename(module).replace(".", "_")
+        out[f"{name}.lora_down.weight" if which.startswith("A") else f"{name}.lora_up.weight"] = v.contiguous()
+        out[f"{name}.alpha"] = torch.tensor(float(alpha))
+    return out
+
+
+def generate_unet():
+    import unet
+    from diffusers import StableDiffusionPipeline
+    from peft.utils import get_peft_model_state_dict
+
+    specs = [(2, 8, 12, [999.0, 1.5], 5), (1, 7, 9, [500.25], 3)]
+    m = unet_peft(50, unet.sd1(), 15)
+    tensors, cases = unet_cases(m, specs, 5500)
+    sd = {k: v.contiguous() for k, v in get_peft_model_state_dict(m).items()}
+    d = fresh_dir("lora_unet_sd1_peft")
+    StableDiffusionPipeline.save_lora_weights(d, unet_lora_layers=sd,
+                                              unet_lora_adapter_metadata=adapter_metadata(m))
+    write_golden(d, "lora", tensors, cases, TOL, base="../unet_sd1_tiny", base_kind="unet_2d_condition",
+                 adapter="pytorch_lora_weights.safetensors")
+    kohya = peft_to_kohya({f"unet.{k}": v for k, v in sd.items()}, 3.0, lambda mod: mod)
+    write_lora_fixture("lora_unet_sd1_kohya", "lora_kohya.safetensors", kohya, {"format": "pt"}, tensors, cases,
+                       base="../unet_sd1_tiny", base_kind="unet_2d_condition")
+
+    ids0 = [[1024.0, 1024.0, 0.0, 0.0, 1024.0, 1024.0], [768.0, 512.0, 16.0, 32.0, 1024.0, 1024.0]]
+    ids1 = [[832.0, 1216.0, 8.0, 0.0, 896.0, 1152.0]]
+    specs = [(2, 8, 8, [999.0, 1.5], 4), (1, 6, 10, [333.0], 5)]
+    m = unet_peft(70, unet.sdxl(pooled=8, time_dim=4), 17)
+    tensors, cases = unet_cases(m, specs, 7700, text_time=[(8, ids0), (8, ids1)])
+    sd = {k: v.contiguous() for k, v in get_peft_model_state_dict(m).items()}
+    # diffusers module → SGM module, from the state-dict converter the base fixtures use.
+    base_sd = {k: v for k, v in m.state_dict().items() if "lora_" not in k and "base_layer" not in k}
+    base_sd.update({k.replace(".base_layer", ""): v for k, v in m.state_dict().items() if ".base_layer." in k})
+    ldm = unet.to_ldm(base_sd, dict(m.config))
+    by_tensor = {}
+    for k in base_sd:
+        by_tensor.setdefault(id(base_sd[k]), k)
+    inverse = {}
+    for lk, v in ldm.items():
+        inverse[by_tensor[id(v)]] = lk
+    rename = lambda mod: inverse[f"{mod}.weight"][: -len(".weight")]
+    kohya = peft_to_kohya({f"unet.{k}": v for k, v in sd.items()}, 3.0, rename)
+    write_lora_fixture("lora_unet_sdxl_kohya", "lora_kohya.safetensors", kohya, {"format": "pt"}, tensors, cases,
+                       base="../unet_sdxl_tiny", base_kind="unet_2d_condition")
+
+
 def generate():
+    generate_unet()
     m = base_model()
     cfg = dict(m.config)
     m.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, init_lora_weights=True))
@@ -254,7 +346,7 @@ def generate():
     sd = {k: v.contiguous() for k, v in get_peft_model_state_dict(m).items()}
     d = fresh_dir("lora_flux_peft")
     FluxPipeline.save_lora_weights(d, transformer_lora_layers=sd,
-                                   transformer_lora_adapter_metadata=m.peft_config["default"].to_dict())
+                                   transformer_lora_adapter_metadata=adapter_metadata(m))
     write_golden(d, "lora", tensors, cases, TOL, base=BASE, base_kind="flux_transformer",
                  adapter="pytorch_lora_weights.safetensors")
 

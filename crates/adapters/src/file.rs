@@ -63,6 +63,16 @@ pub struct AdapterFile {
     /// Tensors that are not part of any low-rank pair or alpha (e.g. DoRA magnitudes, biases,
     /// norm replacements): not applied, worth a warning.
     pub ignored: Vec<String>,
+    /// After a layout conversion: layer name here → the layer's name in the file (what
+    /// messages show).
+    pub source_names: BTreeMap<String, String>,
+}
+
+impl AdapterFile {
+    /// The file's own name of layer `name` (as converted layouts rename layers).
+    pub fn source_name<'a>(&'a self, name: &'a str) -> &'a str {
+        self.source_names.get(name).map_or(name, String::as_str)
+    }
 }
 
 /// The safetensors metadata key of dreamforge's own adapter description (JSON: `method`
@@ -138,7 +148,9 @@ impl AdapterFile {
                 } else {
                     None
                 };
-                layers.insert(name.to_owned(), pair(&f, k, &up, name, alpha)?);
+                if let Some(l) = pair(&f, k, &up, name, alpha)? {
+                    layers.insert(name.to_owned(), l);
+                }
             }
             Format::Kohya
         } else if keys.iter().any(|k| PEFT_A.iter().any(|s| k.ends_with(s))) {
@@ -155,7 +167,9 @@ impl AdapterFile {
                 } else {
                     metadata_alpha(&metadata, component_of(name))
                 };
-                layers.insert(name.to_owned(), pair(&f, k, &up, name, alpha)?);
+                if let Some(l) = pair(&f, k, &up, name, alpha)? {
+                    layers.insert(name.to_owned(), l);
+                }
             }
             Format::Peft
         } else if keys
@@ -165,7 +179,9 @@ impl AdapterFile {
             for k in keys.iter().filter(|k| k.ends_with(XLABS_DOWN)) {
                 let name = k.trim_end_matches(XLABS_DOWN);
                 let up = format!("{name}.up.weight");
-                layers.insert(name.to_owned(), pair(&f, k, &up, name, None)?);
+                if let Some(l) = pair(&f, k, &up, name, None)? {
+                    layers.insert(name.to_owned(), l);
+                }
             }
             Format::XLabs
         } else {
@@ -206,6 +222,7 @@ impl AdapterFile {
             layers,
             metadata,
             ignored,
+            source_names: BTreeMap::new(),
         })
     }
 
@@ -284,11 +301,16 @@ impl AdapterFile {
             Format::XLabs => Vec::new(),
             Format::Kohya => {
                 let flat = module.replace('.', "_");
-                vec![
-                    format!("lora_unet_{flat}"),
-                    format!("lora_te_{flat}"),
-                    format!("lora_transformer_{flat}"),
-                ]
+                // sd-scripts prefixes by model part: `lora_unet_` (UNet, FLUX transformer),
+                // `lora_te_` / `lora_te1_` (the first text encoder), `lora_te2_` (SDXL's
+                // second); OneTrainer writes `lora_transformer_`.
+                let prefixes: &[&str] = match component {
+                    "text_encoder" => &["lora_te_", "lora_te1_"],
+                    "text_encoder_2" => &["lora_te2_"],
+                    "transformer" => &["lora_unet_", "lora_transformer_"],
+                    _ => &["lora_unet_"],
+                };
+                prefixes.iter().map(|p| format!("{p}{flat}")).collect()
             }
         };
         candidates
@@ -298,20 +320,34 @@ impl AdapterFile {
     }
 }
 
+/// The factors of one layer; `None` for a k×k convolution adapter (not supported).
 fn pair(
     f: &SafetensorsFile,
     down: &str,
     up: &str,
     name: &str,
     alpha: Option<f32>,
-) -> Result<LayerWeights> {
+) -> Result<Option<LayerWeights>> {
     if f.info(up).is_none() {
         return Err(Error::format(
             f.path(),
             format!("layer `{name}` has a down factor `{down}` but no up factor `{up}`"),
         ));
     }
-    let (d, u) = (f.read_f32(down)?, f.read_f32(up)?);
+    let (mut d, mut u) = (f.read_f32(down)?, f.read_f32(up)?);
+    // 1×1 convolution factors (SD1 `proj_in` / `proj_out`, stored as `[r, in, 1, 1]` and
+    // `[out, r, 1, 1]`) are linear maps.
+    let squeeze = |t: &mut HostTensor| {
+        if t.shape.len() == 4 && t.shape[2] == 1 && t.shape[3] == 1 {
+            t.shape.truncate(2);
+        }
+    };
+    squeeze(&mut d);
+    squeeze(&mut u);
+    if d.shape.len() == 4 || u.shape.len() == 4 {
+        // A k×k convolution adapter (LoCon / LyCORIS): not applied, reported as ignored.
+        return Ok(None);
+    }
     if d.shape.len() != 2 || u.shape.len() != 2 || d.shape[0] != u.shape[1] {
         return Err(Error::format(
             f.path(),
@@ -321,11 +357,11 @@ fn pair(
             ),
         ));
     }
-    Ok(LayerWeights {
+    Ok(Some(LayerWeights {
         down: d,
         up: u,
         alpha,
-    })
+    }))
 }
 
 /// An adapter file attached at `strength` (multiplies its `alpha / r`).
@@ -365,8 +401,8 @@ pub fn attach_files<M: burn::module::Module>(
                         Error::format(
                             &a.file.path,
                             format!(
-                                "layer `{name}` does not fit the model's `{module}`: down {:?} and up {:?} need a weight of [out {}, in {}], the model's is [out {d_out}, in {d_in}]",
-                                l.down.shape, l.up.shape, l.up.shape[0], l.down.shape[1]
+                                "layer `{}` does not fit the model's `{module}`: down {:?} and up {:?} need a weight of [out {}, in {}], the model's is [out {d_out}, in {d_in}]",
+                                a.file.source_name(name), l.down.shape, l.up.shape, l.up.shape[0], l.down.shape[1]
                             ),
                         )
                     });
@@ -404,7 +440,7 @@ pub fn attach_files<M: burn::module::Module>(
                 .layers
                 .keys()
                 .filter(|k| !u.contains(*k))
-                .cloned()
+                .map(|k| a.file.source_name(k).to_string())
                 .collect()
         })
         .collect();

@@ -563,3 +563,107 @@ fn wrong_family_components_and_incomplete_single_files_say_what_was_found() {
     assert_fails(&o, 1, &["golden.safetensors", "found"]);
     assert!(png_files(&out).is_empty());
 }
+
+/// A kohya-named LoRA (`lora_unet_…` on diffusers module names, `lora_te_…`) with one layer per
+/// `(name, d_in, d_out)`, rank 2, alpha 4.
+fn kohya_lora(path: &Path, layers: &[(&str, usize, usize)]) {
+    use dreamforge_adapters::{AdapterFile, LayerWeights};
+    use dreamforge_core::HostTensor;
+    let vals = |n: usize, s: u32| -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                let h = (i as u32 + 1).wrapping_mul(2_654_435_761) ^ s;
+                ((h % 2000) as f32 / 1000.0 - 1.0) * 0.5
+            })
+            .collect()
+    };
+    let map = layers
+        .iter()
+        .enumerate()
+        .map(|(k, (name, d_in, d_out))| {
+            (
+                name.to_string(),
+                LayerWeights {
+                    down: HostTensor::new(vec![2, *d_in], vals(2 * d_in, 1 + k as u32)),
+                    up: HostTensor::new(vec![*d_out, 2], vals(2 * d_out, 7 + k as u32)),
+                    alpha: Some(4.0),
+                },
+            )
+        })
+        .collect();
+    AdapterFile::write_kohya(path, &map, &Default::default()).unwrap();
+}
+
+#[test]
+fn sd_sampling_applies_unet_and_text_encoder_loras() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fx("sd_pipeline_tiny");
+    let args = [
+        "--prompt", "a cat", "--seed", "3", "--steps", "3", "--width", "32", "--height", "32",
+    ];
+    let render = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut v = args.to_vec();
+        v.extend_from_slice(extra);
+        let o = sample(&model, &out, &v);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        (read_png(&png_files(&out)[0]), stderr(&o))
+    };
+    let (base, _) = render("base", &[]);
+    let unet = dir.path().join("unet.safetensors");
+    kohya_lora(
+        &unet,
+        &[
+            (
+                "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q",
+                8,
+                8,
+            ),
+            ("lora_unet_down_blocks_0_attentions_0_proj_in", 8, 8),
+            ("lora_unet_not_a_module", 8, 8),
+        ],
+    );
+    let te = dir.path().join("te.safetensors");
+    kohya_lora(
+        &te,
+        &[(
+            "lora_te_text_model_encoder_layers_0_self_attn_q_proj",
+            16,
+            16,
+        )],
+    );
+    let differs = |a: &[u8], b: &[u8]| a.iter().zip(b).filter(|(x, y)| x != y).count();
+    let (with_unet, err) = render("unet", &["--lora", unet.to_str().unwrap()]);
+    assert!(
+        differs(&base.2, &with_unet.2) > 0,
+        "the UNet LoRA changes the image"
+    );
+    assert!(
+        err.contains("1 of its 3 layers match no weight") && err.contains("lora_unet_not_a_module"),
+        "{err}"
+    );
+    let (with_te, _) = render("te", &["--lora", &format!("{}:0.8", te.display())]);
+    assert!(
+        differs(&base.2, &with_te.2) > 0,
+        "the text-encoder LoRA changes the image"
+    );
+    // Strength 0 is the base model.
+    let (zero, _) = render("zero", &["--lora", &format!("{}:0", unet.display())]);
+    assert_eq!(zero.2, base.2);
+    // A layer whose shape does not fit names the layer and both shapes.
+    let bad = dir.path().join("bad.safetensors");
+    kohya_lora(
+        &bad,
+        &[(
+            "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q",
+            9,
+            8,
+        )],
+    );
+    let o = sample(
+        &model,
+        &dir.path().join("bad"),
+        &[&args[..], &["--lora", bad.to_str().unwrap()]].concat(),
+    );
+    assert_fails(&o, 1, &["bad.safetensors", "attn1_to_q", "does not fit"]);
+}

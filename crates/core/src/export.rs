@@ -94,6 +94,11 @@ impl ParamKeys {
     }
 
     /// The key of the parameter at module path `path`.
+    /// Every file key, in module-path order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.by_path.values().map(|k| k.key.as_str())
+    }
+
     pub fn key_of(&self, path: &str) -> Option<String> {
         self.by_path.get(path).map(|k| k.key.clone())
     }

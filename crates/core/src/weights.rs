@@ -555,6 +555,13 @@ impl<'a> WeightLoader<'a> {
         self.names.borrow().clone()
     }
 
+    /// Names a parameter the model built itself from [`Self::host`] data (e.g. a 1×1
+    /// convolution kept as a linear map), so adapters can match it; not an export record (the
+    /// file layout differs).
+    pub fn name_param(&self, id: ParamId, name: &str) {
+        self.names.borrow_mut().push((id, name.to_string()));
+    }
+
     fn record(&self, id: ParamId, name: &str, transposed: bool) {
         self.names.borrow_mut().push((id, name.to_string()));
         let src = self.source(name);

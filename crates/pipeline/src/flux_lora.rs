@@ -95,6 +95,7 @@ pub fn to_diffusers_layout(file: &AdapterFile, cfg: &FluxConfig) -> AdapterFile 
     let flat: HashMap<String, &String> = modules.keys().map(|k| (k.replace('.', "_"), k)).collect();
     let inner = cfg.inner_dim();
     let mut layers = BTreeMap::new();
+    let mut source_names = BTreeMap::new();
     let mut converted = false;
     for (name, l) in &file.layers {
         // The BFL module this layer names, and a row limit (XLabs single-block qkv).
@@ -148,8 +149,10 @@ pub fn to_diffusers_layout(file: &AdapterFile, cfg: &FluxConfig) -> AdapterFile 
                 continue;
             }
             let up = if p.swap_halves { swap_halves(&up) } else { up };
+            let new = format!("transformer.{}", p.module);
+            source_names.insert(new.clone(), name.clone());
             layers.insert(
-                format!("transformer.{}", p.module),
+                new,
                 LayerWeights {
                     down: l.down.clone(),
                     up,
@@ -167,6 +170,7 @@ pub fn to_diffusers_layout(file: &AdapterFile, cfg: &FluxConfig) -> AdapterFile 
         layers,
         metadata: file.metadata.clone(),
         ignored: file.ignored.clone(),
+        source_names,
     }
 }
 
@@ -325,6 +329,7 @@ mod tests {
             layers,
             metadata: HashMap::new(),
             ignored: Vec::new(),
+            source_names: BTreeMap::new(),
         }
     }
 

@@ -3,12 +3,11 @@
 
 use std::time::Instant;
 
-use dreamforge_adapters::{AdapterFile, FileAdapter};
 use dreamforge_core::Error;
 use dreamforge_pipeline::family::check_components_family;
 use dreamforge_pipeline::{FluxComponents, FluxPipeline, FluxRequest};
 
-use super::{Ctx, Rendered, SampleArgs, init_image, model_name, output_size, parse_lora};
+use super::{Ctx, LoraFiles, Rendered, SampleArgs, init_image, model_name, output_size};
 
 pub(crate) fn run(
     a: &SampleArgs,
@@ -35,41 +34,10 @@ pub(crate) fn run(
         check_components_family(c, true)?;
     }
     let comps = FluxComponents::resolve(&a.model, &ctx.overrides)?;
-    let specs: Vec<(std::path::PathBuf, f64)> = a.lora.iter().map(|s| parse_lora(s)).collect();
-    let files = specs
-        .iter()
-        .map(|(p, _)| AdapterFile::read(p))
-        .collect::<Result<Vec<_>, _>>()?;
+    let loras = LoraFiles::read(a)?;
     let mut pipe = FluxPipeline::load(&comps, &ctx.device)?;
-    let adapters: Vec<FileAdapter> = files
-        .iter()
-        .zip(&specs)
-        .map(|(file, (_, strength))| FileAdapter {
-            file,
-            strength: *strength,
-        })
-        .collect();
-    let mut adapter_warnings = Vec::new();
-    for (f, unmatched) in files.iter().zip(pipe.set_adapters(&adapters)?) {
-        if unmatched.len() == f.layers.len() {
-            return Err(Error::InvalidInput(format!(
-                "{}: none of its {} layers matches a weight of this FLUX transformer (an adapter for another model or model part?), e.g. `{}`",
-                f.path.display(),
-                f.layers.len(),
-                unmatched[0]
-            ))
-            .into());
-        }
-        if !unmatched.is_empty() {
-            adapter_warnings.push(format!(
-                "{}: {} of its {} layers match no weight of this model and were skipped, e.g. `{}`",
-                f.path.display(),
-                unmatched.len(),
-                f.layers.len(),
-                unmatched[0]
-            ));
-        }
-    }
+    let unmatched = pipe.set_adapters(&loras.adapters())?;
+    let adapter_warnings = loras.check(&unmatched, "this FLUX transformer")?;
     let distilled = pipe.transformer.config.guidance_embeds;
     let defaults = sample_defaults(&a.model);
     let (width, height) = output_size(
@@ -123,18 +91,7 @@ pub(crate) fn run(
     out.warnings.extend(adapter_warnings);
     let model = model_name(&a.model);
     let common = ctx.metadata(a);
-    let lora_meta: Vec<serde_json::Value> = files
-        .iter()
-        .zip(&specs)
-        .map(|(f, (p, s))| {
-            serde_json::json!({
-                "path": p.display().to_string(),
-                "strength": s,
-                "method": if f.schedule().is_some() { "tlora" } else { "lora" },
-                "trigger": f.trigger(),
-            })
-        })
-        .collect();
+    let lora_meta = loras.metadata();
     let r2 = req.clone();
     let steps = req.steps;
     Ok(Some(Rendered {

@@ -125,6 +125,93 @@ pub struct SampleArgs {
     pub quiet: bool,
 }
 
+/// The `--lora` files, read before the model loads (a bad file fails fast).
+pub(crate) struct LoraFiles {
+    pub specs: Vec<(PathBuf, f64)>,
+    pub files: Vec<dreamforge_adapters::AdapterFile>,
+}
+
+impl LoraFiles {
+    pub fn read(a: &SampleArgs) -> anyhow::Result<Self> {
+        let specs: Vec<(PathBuf, f64)> = a.lora.iter().map(|s| parse_lora(s)).collect();
+        let files = specs
+            .iter()
+            .map(|(p, _)| dreamforge_adapters::AdapterFile::read(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { specs, files })
+    }
+
+    pub fn adapters(&self) -> Vec<dreamforge_adapters::FileAdapter<'_>> {
+        self.files
+            .iter()
+            .zip(&self.specs)
+            .map(|(file, (_, strength))| dreamforge_adapters::FileAdapter {
+                file,
+                strength: *strength,
+            })
+            .collect()
+    }
+
+    /// Warnings for layers that matched nothing and ignored tensors; an error when a file
+    /// matched nothing at all (`what`: the model, e.g. "this FLUX transformer").
+    pub fn check(&self, unmatched: &[Vec<String>], what: &str) -> anyhow::Result<Vec<String>> {
+        let mut warnings = Vec::new();
+        for (f, unmatched) in self.files.iter().zip(unmatched) {
+            if !f.layers.is_empty() && unmatched.len() == f.layers.len() {
+                return Err(Error::InvalidInput(format!(
+                    "{}: none of its {} layers matches a weight of {what} (an adapter for another model or model part?), e.g. `{}`",
+                    f.path.display(),
+                    f.layers.len(),
+                    unmatched[0]
+                ))
+                .into());
+            }
+            if f.layers.is_empty() {
+                return Err(Error::InvalidInput(format!(
+                    "{}: no layer it holds can be applied (only k×k convolution adapters?); ignored tensors e.g. `{}`",
+                    f.path.display(),
+                    f.ignored.first().map(String::as_str).unwrap_or("")
+                ))
+                .into());
+            }
+            if !unmatched.is_empty() {
+                warnings.push(format!(
+                    "{}: {} of its {} layers match no weight of this model and were skipped, e.g. `{}`",
+                    f.path.display(),
+                    unmatched.len(),
+                    f.layers.len(),
+                    unmatched[0]
+                ));
+            }
+            if !f.ignored.is_empty() {
+                warnings.push(format!(
+                    "{}: {} tensor(s) are not low-rank pairs this engine applies (e.g. `{}`) and were ignored",
+                    f.path.display(),
+                    f.ignored.len(),
+                    f.ignored[0]
+                ));
+            }
+        }
+        Ok(warnings)
+    }
+
+    /// The PNG metadata entries describing the adapters.
+    pub fn metadata(&self) -> Vec<serde_json::Value> {
+        self.files
+            .iter()
+            .zip(&self.specs)
+            .map(|(f, (p, s))| {
+                serde_json::json!({
+                    "path": p.display().to_string(),
+                    "strength": s,
+                    "method": if f.schedule().is_some() { "tlora" } else { "lora" },
+                    "trigger": f.trigger(),
+                })
+            })
+            .collect()
+    }
+}
+
 /// `PATH[:SCALE]` → (path, scale); a suffix after the last `:` that is not a number belongs
 /// to the path.
 pub(crate) fn parse_lora(spec: &str) -> (PathBuf, f64) {

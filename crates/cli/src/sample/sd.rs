@@ -9,7 +9,7 @@ use dreamforge_pipeline::family::check_components_family;
 use dreamforge_pipeline::{SdComponents, SdFamily, SdPipeline, SdRequest, SdSource};
 use dreamforge_sampling::{Parameterization, SamplerKind};
 
-use super::{Ctx, Rendered, SampleArgs, init_image, model_name, output_size};
+use super::{Ctx, LoraFiles, Rendered, SampleArgs, init_image, model_name, output_size};
 
 /// A1111's names for the samplers.
 fn a1111_sampler(k: SamplerKind) -> &'static str {
@@ -29,13 +29,6 @@ pub(crate) fn run(
     init_size: Option<(usize, usize)>,
     t0: Instant,
 ) -> anyhow::Result<Option<Rendered>> {
-    if !a.lora.is_empty() {
-        return Err(Error::InvalidInput(format!(
-            "--lora is not supported for Stable Diffusion models yet ({} is one); adapters work with FLUX-family models, the nano model included",
-            a.model.display()
-        ))
-        .into());
-    }
     for (flag, given) in [
         ("--true-cfg", a.true_cfg.is_some()),
         ("--max-sequence-length", a.max_sequence_length.is_some()),
@@ -64,10 +57,14 @@ pub(crate) fn run(
     if let Some(c) = &ctx.overrides.components {
         check_components_family(c, false)?;
     }
-    let pipe = SdPipeline::load(
+    let loras = LoraFiles::read(a)?;
+    let mut pipe = SdPipeline::load(
         &SdComponents::new(source, ctx.overrides.clone()),
         &ctx.device,
     )?;
+    let unmatched = pipe.set_adapters(&loras.adapters())?;
+    let adapter_warnings = loras.check(&unmatched, "this UNet or its text encoders")?;
+    let lora_meta = loras.metadata();
     let sdxl = pipe.family == SdFamily::Sdxl;
     let default_size = pipe.default_size();
     let (width, height) = output_size(a, init_size, pipe.size_multiple(), default_size);
@@ -108,9 +105,10 @@ pub(crate) fn run(
     let bar = ctx.bar(a.quiet, req.steps);
     let out = pipe.generate(&req, ctx.on_step(&bar))?;
     bar.finish_and_clear();
-    let Some(out) = out else {
+    let Some(mut out) = out else {
         return Ok(None);
     };
+    out.warnings.extend(adapter_warnings);
     let model = model_name(&a.model);
     let common = ctx.metadata(a);
     let r2 = req.clone();
@@ -137,6 +135,7 @@ pub(crate) fn run(
                 "init_image": init.map(|i| i.image_path.display().to_string()),
                 "mask": init.and_then(|i| i.mask_path.as_ref().map(|m| m.display().to_string())),
                 "strength": init.map(|i| i.strength),
+                "adapters": lora_meta.clone(),
             });
             if let Some(o) = v.as_object_mut() {
                 o.extend(common.clone());

@@ -9,6 +9,7 @@ use burn::module::Module;
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 
+use dreamforge_core::export::ParamKeys;
 use dreamforge_core::{Error, Result, WeightLoader, WeightSet};
 
 use super::config::UNet2DConditionConfig;
@@ -45,6 +46,10 @@ pub struct UNet2DConditionModel {
     pub conv_out: Conv2d,
     #[module(skip)]
     pub config: UNet2DConditionConfig,
+    /// Every parameter's diffusers name by module path (whatever the file's layout), for
+    /// matching adapters.
+    #[module(skip)]
+    pub names: ParamKeys,
 }
 
 impl UNet2DConditionModel {
@@ -54,13 +59,18 @@ impl UNet2DConditionModel {
     /// `.safetensors` file with the config inferred from its keys. Strict: missing, unused and
     /// wrongly shaped weights are errors naming the key.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        Ok(Self::load_named(path, device)?.0)
+    }
+
+    /// [`Self::load`] with every parameter's diffusers name by module path.
+    pub fn load_named(path: &Path, device: &Device) -> Result<(Self, ParamKeys)> {
         if path.is_dir() {
             let config = UNet2DConditionConfig::from_file(&path.join("config.json"))?;
             let set = WeightSet::open(path)?;
             if ldm_prefix(&set).is_some() {
-                return Self::from_single_file(&set, Some(config), device);
+                return Self::from_single_file_named(&set, Some(config), device);
             }
-            return Self::from_weights(&set, "", config, device);
+            return Self::from_weights_named(&set, "", config, device);
         }
         let set = WeightSet::open(path)?;
         if ldm_prefix(&set).is_none() {
@@ -69,7 +79,7 @@ impl UNet2DConditionModel {
                 "not an LDM UNet single file (no `model.diffusion_model.input_blocks.0.0.weight`); a diffusers UNet is loaded from its folder with config.json",
             ));
         }
-        Self::from_single_file(&set, None, device)
+        Self::from_single_file_named(&set, None, device)
     }
 
     /// Builds the model from diffusers-named weights, every key under `prefix` (`""`, `"unet."`).
@@ -79,13 +89,26 @@ impl UNet2DConditionModel {
         config: UNet2DConditionConfig,
         device: &Device,
     ) -> Result<Self> {
+        Ok(Self::from_weights_named(set, prefix, config, device)?.0)
+    }
+
+    /// [`Self::from_weights`], also returning every parameter's diffusers name by module path
+    /// (for matching adapters).
+    pub fn from_weights_named(
+        set: &WeightSet,
+        prefix: &str,
+        config: UNet2DConditionConfig,
+        device: &Device,
+    ) -> Result<(Self, ParamKeys)> {
         config
             .validate()
             .map_err(|r| Error::config(set.origin(), r))?;
         let w = WeightLoader::new(set, device).with_prefix(prefix);
-        let model = Self::build(&w, config)?;
+        let mut model = Self::build(&w, config)?;
+        let names = ParamKeys::of_names(&model, &w.names());
+        model.names = names.clone();
         w.finish()?;
-        Ok(model)
+        Ok((model, names))
     }
 
     /// Builds the model from an original LDM / SGM single file (UNet keys under
@@ -96,6 +119,16 @@ impl UNet2DConditionModel {
         config: Option<UNet2DConditionConfig>,
         device: &Device,
     ) -> Result<Self> {
+        Ok(Self::from_single_file_named(set, config, device)?.0)
+    }
+
+    /// [`Self::from_single_file`], also returning every parameter's diffusers name by module
+    /// path (whatever the file's layout), for matching adapters.
+    pub fn from_single_file_named(
+        set: &WeightSet,
+        config: Option<UNet2DConditionConfig>,
+        device: &Device,
+    ) -> Result<(Self, ParamKeys)> {
         let prefix = ldm_prefix(set).ok_or_else(|| {
             Error::format(
                 set.origin(),
@@ -112,9 +145,11 @@ impl UNet2DConditionModel {
         let w = WeightLoader::new(set, device)
             .with_prefix(prefix)
             .with_key_map(ldm_key_map(&config));
-        let model = Self::build(&w, config)?;
+        let mut model = Self::build(&w, config)?;
+        let names = ParamKeys::of_names(&model, &w.names());
+        model.names = names.clone();
         w.finish()?;
-        Ok(model)
+        Ok((model, names))
     }
 
     /// Loads every block by its diffusers name (the loader's key map translates other layouts).
@@ -224,6 +259,7 @@ impl UNet2DConditionModel {
                 (c.conv_out_kernel - 1) / 2,
             )?,
             config,
+            names: ParamKeys::default(),
         })
     }
 

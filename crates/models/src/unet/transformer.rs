@@ -146,8 +146,10 @@ fn projection(
     }
     let weight = w.host(&format!("{prefix}.weight"), &[d_out, d_in, 1, 1])?;
     let weight = dreamforge_core::HostTensor::new(vec![d_out, d_in], weight.data).transpose2();
+    let weight = Param::from_tensor(weight.to_device(w.device()));
+    w.name_param(weight.id, &format!("{prefix}.weight"));
     Ok(Linear {
-        weight: Param::from_tensor(weight.to_device(w.device())),
+        weight,
         bias: Some(w.param(&format!("{prefix}.bias"), [d_out])?),
     })
 }

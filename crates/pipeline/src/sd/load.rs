@@ -284,6 +284,7 @@ impl SdPipeline {
                     default_sampler,
                     force_zeros_for_empty_prompt: force_zeros,
                     notices,
+                    adapters: None,
                     device: device.clone(),
                 };
                 pipe.check_compatible(root)?;
@@ -409,6 +410,7 @@ impl SdPipeline {
                     default_sampler,
                     force_zeros_for_empty_prompt: true,
                     notices,
+                    adapters: None,
                     device: device.clone(),
                 };
                 pipe.check_compatible(path)?;

@@ -8,6 +8,7 @@
 
 pub mod encode;
 pub mod load;
+pub mod lora;
 
 use burn::tensor::{Device, Tensor};
 
@@ -90,10 +91,54 @@ pub struct SdPipeline {
     pub force_zeros_for_empty_prompt: bool,
     /// Notices from loading (e.g. a scheduler class mapped to the nearest sampler).
     pub notices: Vec<String>,
+    /// Adapters in use ([`Self::set_adapters`]).
+    pub adapters: Option<lora::SdAdapters>,
     pub device: Device,
 }
 
 impl SdPipeline {
+    /// Uses `files` (each at its strength; a T-LoRA applies its rank mask to the UNet at every
+    /// step) on the UNet and text encoders from now on, replacing any set before; an empty list
+    /// removes them. PEFT / diffusers and kohya naming (SD1 diffusers-style and SDXL SGM-style
+    /// UNet names). Returns, per file, the layers no model part matched. A layer that does not
+    /// fit its weight is an error.
+    pub fn set_adapters(
+        &mut self,
+        files: &[dreamforge_adapters::FileAdapter<'_>],
+    ) -> Result<Vec<Vec<String>>> {
+        if files.is_empty() {
+            self.adapters = None;
+            return Ok(Vec::new());
+        }
+        let converted: Vec<_> = files
+            .iter()
+            .map(|f| {
+                lora::to_peft_layout(
+                    f.file,
+                    &self.unet,
+                    Some(&self.text_encoder),
+                    self.text_encoder_2.as_ref(),
+                )
+            })
+            .collect();
+        let files: Vec<_> = converted
+            .iter()
+            .zip(files)
+            .map(|(file, f)| dreamforge_adapters::FileAdapter {
+                file,
+                strength: f.strength,
+            })
+            .collect();
+        let (adapters, unmatched) = lora::attach_sd(
+            &files,
+            &self.unet,
+            &self.text_encoder,
+            self.text_encoder_2.as_ref(),
+        )?;
+        self.adapters = Some(adapters);
+        Ok(unmatched)
+    }
+
     /// The VAE's spatial downsampling (8 for SD).
     pub fn vae_scale_factor(&self) -> usize {
         1 << self.vae.config.block_out_channels.len().saturating_sub(1)
@@ -257,7 +302,9 @@ impl SdPipeline {
                 };
                 let s = encode::encode_sd(
                     &self.tokenizer,
-                    &self.text_encoder,
+                    self.adapters
+                        .as_ref()
+                        .map_or(&self.text_encoder, |a| &a.text_encoder),
                     &texts,
                     r.clip_skip,
                     d,
@@ -282,7 +329,10 @@ impl SdPipeline {
                     }
                 };
                 let toks = [&self.tokenizer, t2];
-                let encs = [&self.text_encoder, e2];
+                let encs = match &self.adapters {
+                    Some(a) => [&a.text_encoder, a.text_encoder_2.as_ref().unwrap_or(e2)],
+                    None => [&self.text_encoder, e2],
+                };
                 let zeros_neg = r.negative_prompt.is_none() && self.force_zeros_for_empty_prompt;
                 let texts: Vec<&str> = if cfg && !zeros_neg {
                     vec![
@@ -455,7 +505,18 @@ impl SdPipeline {
                 None => input,
             };
             let ts = vec![t; batch];
-            let out = self.unet.forward(
+            // Adapters: the per-step pass sets T-LoRA rank masks for this timestep.
+            let adapted = self.adapters.as_ref().map(|a| {
+                dreamforge_adapters::at_step(
+                    a.unet.clone(),
+                    &a.schedules,
+                    dreamforge_adapters::rank::progress_from_timestep(
+                        t as f64,
+                        self.scheduler.num_train_timesteps as f64,
+                    ),
+                )
+            });
+            let out = adapted.as_ref().unwrap_or(&self.unet).forward(
                 input,
                 &ts,
                 states.clone(),

@@ -329,7 +329,7 @@ impl ClipTextModel {
             .with_prefix(root)
             .with_key_map(open_clip_key_map(d, config.num_hidden_layers))
             .with_ignored(is_ldm_non_weight);
-        let model = Self::from_loader(&w, "", config, projection_dim)?;
+        let model = Self::from_loader(&w, "", config, projection_dim)?.with_names(&w, "");
         let in_file = count(set, |i| {
             format!("{root}transformer.resblocks.{i}.ln_1.weight")
         });

@@ -32,6 +32,10 @@ pub struct ClipTextModel {
     pub text_projection: Option<Linear>,
     #[module(skip)]
     pub config: ClipTextConfig,
+    /// Every parameter's transformers name (`text_model.encoder.layers.0.self_attn.q_proj.weight`,
+    /// whatever the file's layout or prefix) by module path, for matching adapters.
+    #[module(skip)]
+    pub names: ParamKeys,
 }
 
 /// What one forward pass yields (transformers output field names).
@@ -103,7 +107,8 @@ impl ClipTextModel {
             }),
             device,
         );
-        let model = Self::from_loader(&w, TEXT_MODEL_PREFIX, config, projection_dim)?;
+        let model = Self::from_loader(&w, TEXT_MODEL_PREFIX, config, projection_dim)?
+            .with_names(&w, TEXT_MODEL_PREFIX);
         let keys = ParamKeys::of(&model, &w.records());
         Ok((model, keys))
     }
@@ -155,7 +160,7 @@ impl ClipTextModel {
         } else {
             None
         };
-        let model = Self::from_loader(&w, tower, config, projection_dim)?;
+        let model = Self::from_loader(&w, tower, config, projection_dim)?.with_names(&w, tower);
         let unused: Vec<String> = w
             .unused()
             .into_iter()
@@ -217,7 +222,26 @@ impl ClipTextModel {
             )?,
             text_projection,
             config,
+            names: ParamKeys::default(),
         })
+    }
+
+    /// Records the canonical parameter names from the loader that built `self` with `tower`
+    /// (`""` gets the `text_model.` prefix transformers uses).
+    pub fn with_names(mut self, w: &WeightLoader, tower: &str) -> Self {
+        let names: Vec<_> = w
+            .names()
+            .into_iter()
+            .map(|(id, n)| {
+                if tower.is_empty() && !n.starts_with("text_projection") {
+                    (id, format!("{TEXT_MODEL_PREFIX}{n}"))
+                } else {
+                    (id, n)
+                }
+            })
+            .collect();
+        self.names = ParamKeys::of_names(&self, &names);
+        self
     }
 
     pub fn config(&self) -> &ClipTextConfig {
