@@ -113,17 +113,26 @@ fn read_scalar(f: &SafetensorsFile, key: &str) -> Result<f32> {
 /// `lora_alpha` for PEFT layers of `component` from the diffusers metadata: a JSON object
 /// with flat keys (`"transformer.lora_alpha"`, or unprefixed `"lora_alpha"`), or nested
 /// (`{"transformer_lora_adapter_metadata": {"lora_alpha": …}}`).
-fn metadata_alpha(meta: &HashMap<String, String>, component: &str) -> Option<f32> {
+fn metadata_alpha(meta: &HashMap<String, String>, component: &str, module: &str) -> Option<f32> {
     let v: serde_json::Value = serde_json::from_str(meta.get("lora_adapter_metadata")?).ok()?;
     let num = |x: &serde_json::Value| x.as_f64().map(|f| f as f32);
-    v.get(format!("{component}.lora_alpha"))
-        .and_then(num)
-        .or_else(|| {
-            v.get(format!("{component}_lora_adapter_metadata"))
-                .and_then(|n| n.get("lora_alpha"))
-                .and_then(num)
-        })
-        .or_else(|| v.get("lora_alpha").and_then(num))
+    let nested = v.get(format!("{component}_lora_adapter_metadata"));
+    let field = |name: &str| {
+        v.get(format!("{component}.{name}"))
+            .or_else(|| nested.and_then(|n| n.get(name)))
+            .or_else(|| v.get(name))
+    };
+    // PEFT `alpha_pattern`: module-name regexes matched as `(.*\.)?(pattern)$`
+    // (`peft.utils.other.get_pattern_key`).
+    if let Some(patterns) = field("alpha_pattern").and_then(|p| p.as_object()) {
+        for (pattern, alpha) in patterns {
+            let anchored = format!("^(.*\\.)?({pattern})$");
+            if regex::Regex::new(&anchored).is_ok_and(|r| r.is_match(module)) {
+                return num(alpha);
+            }
+        }
+    }
+    field("lora_alpha").and_then(num)
 }
 
 fn component_of(name: &str) -> &str {
@@ -165,7 +174,11 @@ impl AdapterFile {
                 let alpha = if f.info(&alpha_key).is_some() {
                     Some(read_scalar(&f, &alpha_key)?)
                 } else {
-                    metadata_alpha(&metadata, component_of(name))
+                    metadata_alpha(
+                        &metadata,
+                        component_of(name),
+                        name.split_once('.').map_or(name, |(_, m)| m),
+                    )
                 };
                 if let Some(l) = pair(&f, k, &up, name, alpha)? {
                     layers.insert(name.to_owned(), l);
@@ -447,47 +460,39 @@ pub fn attach_files<M: burn::module::Module>(
     Ok((model, unmatched))
 }
 
-/// The factors of one trained branch as a file stores them: `ΔW = (alpha / r)·up·down` with
-/// the branch's scale folded into alpha, or, for an orthogonal branch, the exact rank-`2r`
-/// pair (see [`META_KEY`]). The mask is not applied (a file holds the full adapter).
+/// The factors of one trained branch as a file stores them, its scale folded into `up`
+/// (`ΔW = up·down`), or, for an orthogonal branch, the exact rank-`2r` pair (see
+/// [`META_KEY`]). The mask is not applied (a file holds the full adapter).
 pub fn branch_weights(b: &crate::Branch) -> LayerWeights {
     use burn::tensor::Tensor;
     let down = b.down.val();
     let up = b.up.val();
-    match (&b.lambda, &b.frozen) {
+    let (down, up) = match (&b.lambda, &b.frozen) {
         (Some(l), Some(f)) => {
             let r = l.val().dims()[0];
             let scaled = |p: Tensor<2>, l: Tensor<1>| p * l.reshape([1, r]);
-            let down = Tensor::cat(vec![down, f.down.val()], 0);
-            let up = Tensor::cat(
-                vec![
-                    scaled(up, l.val()) * b.scale,
-                    scaled(f.up.val(), f.lambda.val()) * (-b.scale),
-                ],
-                1,
-            );
-            LayerWeights {
-                down: dreamforge_core::to_host(down),
-                up: dreamforge_core::to_host(up),
-                alpha: None,
-            }
+            (
+                Tensor::cat(vec![down, f.down.val()], 0),
+                Tensor::cat(
+                    vec![
+                        scaled(up, l.val()) * b.scale,
+                        scaled(f.up.val(), f.lambda.val()) * (-b.scale),
+                    ],
+                    1,
+                ),
+            )
         }
         (Some(l), None) => {
             let r = l.val().dims()[0];
-            LayerWeights {
-                down: dreamforge_core::to_host(down),
-                up: dreamforge_core::to_host(up * l.val().reshape([1, r]) * b.scale),
-                alpha: None,
-            }
+            (down, up * l.val().reshape([1, r]) * b.scale)
         }
-        _ => {
-            let r = b.rank();
-            LayerWeights {
-                down: dreamforge_core::to_host(down),
-                up: dreamforge_core::to_host(up),
-                alpha: Some((b.scale * r as f64) as f32),
-            }
-        }
+        _ => (down, up * b.scale),
+    };
+    // The scale is folded into `up`: the layer applies at scale 1 (alpha = its rank).
+    LayerWeights {
+        down: dreamforge_core::to_host(down),
+        up: dreamforge_core::to_host(up),
+        alpha: None,
     }
 }
 

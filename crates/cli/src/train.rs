@@ -15,14 +15,19 @@ use clap::{Args, ValueEnum};
 
 use dreamforge_core::image_io::{RgbImage, read_png_text, save_png};
 use dreamforge_core::{DeviceSpec, Error};
+use dreamforge_models::dit::flux::FluxTransformer;
+use dreamforge_models::unet::UNet2DConditionModel;
 use dreamforge_pipeline::{
-    ComponentOverrides, FluxComponents, FluxPipeline, FluxRequest, ModelFamily, detect_family,
+    ComponentOverrides, FluxComponents, FluxPipeline, FluxRequest, ModelFamily, SdComponents,
+    SdFamily, SdPipeline, SdRequest, SdSource, detect_family,
 };
-use dreamforge_subject::config::{FLUX_ALL_LINEAR, FLUX_ATTENTION};
+use dreamforge_subject::config::{
+    FLUX_ALL_LINEAR, FLUX_ATTENTION, UNET_ALL_LINEAR, UNET_ATTENTION,
+};
 use dreamforge_subject::export::{base_fingerprint, write_adapter};
 use dreamforge_subject::{
-    AdapterLayout, AdapterSet, FluxSubjectTask, Method, PriorConfig, SubjectConfig, init_adapters,
-    load_subject, use_adapters,
+    AdapterLayout, AdapterSet, FluxSubjectTask, Method, PriorConfig, SdSubjectTask, SubjectConfig,
+    init_adapters, load_subject, use_adapters, use_sd_adapters,
 };
 use dreamforge_train::{RunOutput, Trainer};
 
@@ -52,7 +57,8 @@ pub struct TrainArgs {
     /// Run folder (adapter, checkpoints, samples, logs).
     #[arg(long)]
     pub out: PathBuf,
-    /// Base model: a FLUX-family diffusers folder [default: the built-in nano model].
+    /// Base model: a FLUX-family or Stable Diffusion (1.x / 2.x / XL) diffusers folder, or an
+    /// SD single file [default: the built-in nano model].
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Optimizer steps [default: tlora 1000, lora 500].
@@ -73,9 +79,11 @@ pub struct TrainArgs {
     /// T-LoRA: exponent α of the rank schedule [default 1].
     #[arg(long)]
     pub rank_exponent: Option<f64>,
-    /// T-LoRA: orthogonal parametrization (SVD-style init, trainable singular values).
-    #[arg(long)]
-    pub orthogonal: bool,
+    /// T-LoRA: orthogonal parametrization (SVD-style init, trainable singular values)
+    /// [default: SD / SDXL yes (the SDXL reference), FLUX no (the FLUX reference)];
+    /// `--orthogonal false` for vanilla layers.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub orthogonal: Option<bool>,
     /// LoRA alpha (scale alpha/rank) [default: the rank].
     #[arg(long)]
     pub alpha: Option<f64>,
@@ -134,20 +142,182 @@ fn fill(template: &str, token: &str, class: &str) -> String {
     template.replace("{token}", token).replace("{class}", class)
 }
 
+/// The loaded base model of either family.
+enum Base {
+    Flux {
+        pipe: Box<FluxPipeline>,
+        transformer_path: PathBuf,
+    },
+    Sd {
+        pipe: Box<SdPipeline>,
+        weights: PathBuf,
+    },
+}
+
+impl Base {
+    fn load(model: &Path, device: &burn::tensor::Device) -> anyhow::Result<Self> {
+        Ok(match detect_family(model)? {
+            ModelFamily::Flux => {
+                let comps = FluxComponents::resolve(model, &ComponentOverrides::default())?;
+                Base::Flux {
+                    pipe: Box::new(FluxPipeline::load(&comps, device)?),
+                    transformer_path: comps.transformer,
+                }
+            }
+            ModelFamily::Sd(source) => {
+                let weights = match &source {
+                    SdSource::Diffusers(root) => root.join("unet"),
+                    SdSource::SingleFile { path, .. } => path.clone(),
+                };
+                let pipe = SdPipeline::load(
+                    &SdComponents::new(source, ComponentOverrides::default()),
+                    device,
+                )?;
+                Base::Sd {
+                    pipe: Box::new(pipe),
+                    weights,
+                }
+            }
+        })
+    }
+
+    fn family_defaults(
+        &self,
+        method: Method,
+        token: &str,
+        class: &str,
+        res: Option<u32>,
+    ) -> SubjectConfig {
+        match self {
+            Base::Flux { pipe, .. } => {
+                let res = res.unwrap_or(pipe.vae.native_size().unwrap_or(512) as u32);
+                let mut c = SubjectConfig::flux_defaults(method, token, class, res);
+                // diffusers' DreamBooth FLUX script draws training timesteps from the
+                // scheduler's own (statically shifted, or unshifted with dynamic shifting)
+                // schedule.
+                c.timestep_shift = if pipe.scheduler.use_dynamic_shifting {
+                    1.0
+                } else {
+                    pipe.scheduler.shift
+                };
+                c.validation.steps = if pipe.transformer.config.guidance_embeds {
+                    28
+                } else {
+                    4
+                };
+                c
+            }
+            Base::Sd { pipe, .. } => {
+                let res = res.unwrap_or(pipe.default_size() as u32);
+                SubjectConfig::sd_defaults(method, token, class, res, pipe.family == SdFamily::Sdxl)
+            }
+        }
+    }
+
+    fn targets(&self, preset: &str) -> String {
+        let flux = matches!(self, Base::Flux { .. });
+        match (preset, flux) {
+            ("attention", true) => FLUX_ATTENTION.to_string(),
+            ("all-linear", true) => FLUX_ALL_LINEAR.to_string(),
+            ("attention", false) => UNET_ATTENTION.to_string(),
+            ("all-linear", false) => UNET_ALL_LINEAR.to_string(),
+            (other, _) => other.to_string(),
+        }
+    }
+
+    fn weights_path(&self) -> &Path {
+        match self {
+            Base::Flux {
+                transformer_path, ..
+            } => transformer_path,
+            Base::Sd { weights, .. } => weights,
+        }
+    }
+
+    /// One image at the config's resolution.
+    fn render(
+        &self,
+        cfg: &SubjectConfig,
+        prompt: &str,
+        seed: u64,
+        steps: usize,
+    ) -> anyhow::Result<RgbImage> {
+        let side = cfg.resolution as usize;
+        let images = match self {
+            Base::Flux { pipe, .. } => {
+                let distilled = pipe.transformer.config.guidance_embeds;
+                let req = FluxRequest {
+                    prompt: prompt.to_string(),
+                    negative_prompt: cfg.validation.negative_prompt.clone(),
+                    true_cfg_scale: cfg.validation.cfg_scale,
+                    guidance: 3.5,
+                    steps,
+                    width: side,
+                    height: side,
+                    num_images: 1,
+                    seed,
+                    max_sequence_length: if distilled { 512 } else { 256 },
+                    noise: None,
+                    init: None,
+                };
+                pipe.generate(&req, |_| true)?
+                    .expect("generation without cancellation returns images")
+                    .images
+            }
+            Base::Sd { pipe, .. } => {
+                let req = SdRequest {
+                    prompt: prompt.to_string(),
+                    negative_prompt: cfg.validation.negative_prompt.clone(),
+                    guidance_scale: cfg.validation.cfg_scale,
+                    guidance_rescale: 0.0,
+                    clip_skip: None,
+                    sampler: None,
+                    prediction_type: None,
+                    eta: 0.0,
+                    steps,
+                    width: side,
+                    height: side,
+                    num_images: 1,
+                    seed,
+                    noise: None,
+                    init: None,
+                };
+                pipe.generate(&req, |_| true)?
+                    .expect("generation without cancellation returns images")
+                    .images
+            }
+        };
+        Ok(RgbImage::from_chw_signed(&images.data, side, side))
+    }
+
+    fn use_adapters(&mut self, layout: &AdapterLayout, set: &AdapterSet, cfg: &SubjectConfig) {
+        match self {
+            Base::Flux { pipe, .. } => use_adapters(pipe, layout, set, cfg),
+            Base::Sd { pipe, .. } => use_sd_adapters(pipe, layout, set, cfg),
+        }
+    }
+
+    fn clear_adapters(&mut self) {
+        match self {
+            Base::Flux { pipe, .. } => pipe.adapters = None,
+            Base::Sd { pipe, .. } => pipe.adapters = None,
+        }
+    }
+}
+
+/// The training task and the frozen base it runs on (on the autodiff device).
+enum Task {
+    Flux(Box<(FluxSubjectTask, FluxTransformer)>),
+    Sd(Box<(SdSubjectTask, UNet2DConditionModel)>),
+}
+
 /// The run config from the flags (family defaults, then overrides).
-fn config_from_flags(
-    a: &TrainArgs,
-    pipe: &FluxPipeline,
-    model: &Path,
-) -> anyhow::Result<SubjectConfig> {
+fn config_from_flags(a: &TrainArgs, base: &Base, model: &Path) -> anyhow::Result<SubjectConfig> {
     let method = match a.method {
         MethodArg::Lora => Method::Lora,
         MethodArg::Tlora => Method::Tlora,
     };
-    let resolution = a
-        .resolution
-        .unwrap_or(pipe.vae.native_size().unwrap_or(512) as u32);
-    let mut c = SubjectConfig::flux_defaults(method, &a.token, &a.class, resolution);
+    let mut c = base.family_defaults(method, &a.token, &a.class, a.resolution);
     // A model folder may declare its own training defaults (`_dreamforge_train` in
     // model_index.json: the nano model does — Prodigy at lr 1, tuned for 12B FLUX, diverges on
     // a 4-million-parameter model).
@@ -194,27 +364,21 @@ fn config_from_flags(
     if let Some(e) = a.rank_exponent {
         c.adapter.rank_exponent = e;
     }
-    c.adapter.orthogonal = a.orthogonal;
-    if a.orthogonal && method != Method::Tlora {
-        bail!(Error::InvalidInput(
-            "--orthogonal is a T-LoRA parametrization (use --method tlora)".into()
-        ));
+    if let Some(o) = a.orthogonal {
+        c.adapter.orthogonal = o;
     }
-    c.adapter.target_modules = match a.targets.as_str() {
-        "attention" => FLUX_ATTENTION.to_string(),
-        "all-linear" => FLUX_ALL_LINEAR.to_string(),
-        other => other.to_string(),
-    };
+    if method != Method::Tlora {
+        if a.orthogonal == Some(true) {
+            bail!(Error::InvalidInput(
+                "--orthogonal is a T-LoRA parametrization (use --method tlora)".into()
+            ));
+        }
+        c.adapter.orthogonal = false;
+    }
+    c.adapter.target_modules = base.targets(&a.targets);
     c.adapter.seed = a.seed;
     c.data_seed = a.seed + 1;
     c.noise_seed = a.seed + 2;
-    // diffusers' DreamBooth FLUX script draws training timesteps from the scheduler's own
-    // (statically shifted, or unshifted with dynamic shifting) schedule.
-    c.timestep_shift = if pipe.scheduler.use_dynamic_shifting {
-        1.0
-    } else {
-        pipe.scheduler.shift
-    };
     if a.prior_images > 0 {
         c.prior = Some(PriorConfig {
             class_prompt: fill(
@@ -237,15 +401,15 @@ fn config_from_flags(
             .collect()
     };
     c.validation.every = a.validate_every;
-    c.validation.steps = a.validation_steps.or(defaults.steps).unwrap_or(
-        if pipe.transformer.config.guidance_embeds {
-            28
-        } else {
-            4
-        },
-    );
-    c.validation.true_cfg_scale = defaults.true_cfg_scale.unwrap_or(1.0);
-    c.validation.negative_prompt = defaults.negative_prompt;
+    if let Some(st) = a.validation_steps.or(defaults.steps) {
+        c.validation.steps = st;
+    }
+    if let Some(g) = defaults.true_cfg_scale {
+        c.validation.cfg_scale = g;
+    }
+    if defaults.negative_prompt.is_some() {
+        c.validation.negative_prompt = defaults.negative_prompt;
+    }
     Ok(c)
 }
 
@@ -272,40 +436,10 @@ fn read_config(p: &Path) -> anyhow::Result<SubjectConfig> {
         .map_err(|e| Error::config(p, format!("not a subject training config: {e}")))?)
 }
 
-/// One image from the pipeline at the config's resolution.
-fn render(
-    pipe: &FluxPipeline,
-    cfg: &SubjectConfig,
-    prompt: &str,
-    seed: u64,
-    steps: usize,
-) -> anyhow::Result<RgbImage> {
-    let side = cfg.resolution as usize;
-    let distilled = pipe.transformer.config.guidance_embeds;
-    let req = FluxRequest {
-        prompt: prompt.to_string(),
-        negative_prompt: cfg.validation.negative_prompt.clone(),
-        true_cfg_scale: cfg.validation.true_cfg_scale,
-        guidance: 3.5,
-        steps,
-        width: side,
-        height: side,
-        num_images: 1,
-        seed,
-        max_sequence_length: if distilled { 512 } else { 256 },
-        noise: None,
-        init: None,
-    };
-    let out = pipe
-        .generate(&req, |_| true)?
-        .expect("generation without cancellation returns images");
-    Ok(RgbImage::from_chw_signed(&out.images.data, side, side))
-}
-
 /// The class images of prior preservation: `class_images/class-NNNN.png`, reused when a
 /// previous run drew them with the same prompt, seed, size and steps.
 fn class_images(
-    pipe: &mut FluxPipeline,
+    base: &mut Base,
     cfg: &SubjectConfig,
     out: &Path,
     quiet: bool,
@@ -315,7 +449,7 @@ fn class_images(
     };
     let dir = out.join("class_images");
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let saved = pipe.adapters.take();
+    base.clear_adapters();
     let mut images = Vec::with_capacity(p.num_images);
     let bar = bar(quiet, p.num_images as u64);
     bar.set_message("class images (prior preservation)");
@@ -330,8 +464,7 @@ fn class_images(
         let img = if cached {
             RgbImage::read(&path)?
         } else {
-            let img = render(
-                pipe,
+            let img = base.render(
                 cfg,
                 &p.class_prompt,
                 p.seed + i as u64,
@@ -344,24 +477,23 @@ fn class_images(
         bar.inc(1);
     }
     bar.finish_and_clear();
-    pipe.adapters = saved;
     Ok(images)
 }
 
 /// Validation renders into `samples/<label>/`.
 fn validate(
-    pipe: &mut FluxPipeline,
+    base: &mut Base,
     layout: &AdapterLayout,
     set: &AdapterSet,
     cfg: &SubjectConfig,
     out: &Path,
     label: &str,
 ) -> anyhow::Result<()> {
-    use_adapters(pipe, layout, set, cfg);
+    base.use_adapters(layout, set, cfg);
     let dir = out.join("samples").join(label);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     for (i, prompt) in cfg.validation.prompts.iter().enumerate() {
-        let img = render(pipe, cfg, prompt, cfg.validation.seed, cfg.validation.steps)?;
+        let img = base.render(cfg, prompt, cfg.validation.seed, cfg.validation.steps)?;
         let meta = serde_json::json!({"prompt": prompt, "seed": cfg.validation.seed,
             "steps": cfg.validation.steps, "adapter_step": label})
         .to_string();
@@ -374,7 +506,7 @@ fn validate(
     Ok(())
 }
 
-fn describe(cfg: &SubjectConfig, layers: usize) -> String {
+fn describe(cfg: &SubjectConfig, layers: usize, flux: bool) -> String {
     let a = &cfg.adapter;
     let method = match (a.method, a.orthogonal) {
         (Method::Lora, _) => format!(
@@ -395,13 +527,16 @@ fn describe(cfg: &SubjectConfig, layers: usize) -> String {
         dreamforge_train::Algorithm::AdamW => "AdamW",
         dreamforge_train::Algorithm::Prodigy(_) => "Prodigy",
     };
+    let noise = if flux {
+        format!("σ {:?} shift {}", cfg.timesteps, cfg.timestep_shift)
+    } else {
+        "DDPM t uniform".to_string()
+    };
     format!(
-        "{method} on {layers} layers; {optim} lr {} ({:?}), {} steps, batch 1, σ {:?} shift {}, resolution {}{}",
+        "{method} on {layers} layers; {optim} lr {} ({:?}), {} steps, batch 1, {noise}, resolution {}{}",
         cfg.lr,
         cfg.schedule.kind,
         cfg.steps,
-        cfg.timesteps,
-        cfg.timestep_shift,
         cfg.resolution,
         match &cfg.prior {
             Some(p) => format!(
@@ -424,18 +559,11 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
             a.token
         )));
     }
-    if !matches!(detect_family(&model)?, ModelFamily::Flux) {
-        bail!(Error::InvalidInput(format!(
-            "{}: subject training supports FLUX-family models (the nano model included) so far; UNet (SD/SDXL) adapters are not implemented yet",
-            model.display()
-        )));
-    }
     let spec: DeviceSpec = a.device.parse()?;
     let device = dreamforge_core::select_device(spec)?;
     let train_device = device.clone().autodiff();
     let t0 = Instant::now();
-    let comps = FluxComponents::resolve(&model, &ComponentOverrides::default())?;
-    let mut pipe = FluxPipeline::load(&comps, &device)?;
+    let mut base = Base::load(&model, &device)?;
     let cfg = if a.resume {
         let p = a.out.join("run_config.json");
         if !p.exists() {
@@ -448,21 +576,26 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     } else if let Some(p) = &a.config {
         read_config(p)?
     } else {
-        config_from_flags(&a, &pipe, &model)?
+        config_from_flags(&a, &base, &model)?
     };
     cfg.validate()
         .map_err(|r| Error::InvalidInput(format!("training settings: {r}")))?;
-    pipe.trigger_words = vec![cfg.token.clone()];
+    if let Base::Flux { pipe, .. } = &mut base {
+        pipe.trigger_words = vec![cfg.token.clone()];
+    }
     let subject = load_subject(&a.subject, &cfg.instance_prompt, &cfg.token, cfg.resolution)?;
     for w in &subject.warnings {
         eprintln!("warning: {w}");
     }
-    let (set, layout) = init_adapters(
-        &pipe.transformer,
-        &pipe.transformer_names,
-        &cfg,
-        &train_device,
-    )?;
+    let (set, layout) = match &base {
+        Base::Flux { pipe, .. } => init_adapters(
+            &pipe.transformer,
+            &pipe.transformer_names,
+            &cfg,
+            &train_device,
+        )?,
+        Base::Sd { pipe, .. } => init_adapters(&pipe.unet, &pipe.unet.names, &cfg, &train_device)?,
+    };
     if !a.quiet {
         eprintln!(
             "loaded {} on {} in {:.1}s; {} subject image(s)",
@@ -473,7 +606,14 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         );
     }
     // The settings in effect (defaults included) are always printed.
-    eprintln!("{}", describe(&cfg, layout.modules.len()));
+    eprintln!(
+        "{}",
+        describe(
+            &cfg,
+            layout.modules.len(),
+            matches!(base, Base::Flux { .. })
+        )
+    );
     let state = a.out.join("checkpoint/state.json");
     if !a.resume && state.exists() {
         bail!(Error::InvalidInput(format!(
@@ -483,28 +623,54 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
     write_run_config(&a.out, &cfg)?;
-    let class = class_images(&mut pipe, &cfg, &a.out, a.quiet)?;
-    let pairs: Vec<(RgbImage, String)> = subject
-        .images
-        .iter()
-        .map(|s| (s.image.clone(), s.caption.clone()))
-        .collect();
-    let (task, warnings) = FluxSubjectTask::new(
-        cfg.clone(),
-        &pipe,
-        &pairs,
-        &class,
-        layout.clone(),
-        &train_device,
-    )?;
+    let class = class_images(&mut base, &cfg, &a.out, a.quiet)?;
+    let (task, warnings) = match &base {
+        Base::Flux { pipe, .. } => {
+            let pairs: Vec<(RgbImage, String)> = subject
+                .images
+                .iter()
+                .map(|s| (s.image.clone(), s.caption.clone()))
+                .collect();
+            let (t, w) = FluxSubjectTask::new(
+                cfg.clone(),
+                pipe,
+                &pairs,
+                &class,
+                layout.clone(),
+                &train_device,
+            )?;
+            let frozen = pipe.transformer.clone().fork(&train_device).no_grad();
+            (Task::Flux(Box::new((t, frozen))), w)
+        }
+        Base::Sd { pipe, .. } => {
+            let triples: Vec<(RgbImage, String, (u32, u32))> = subject
+                .images
+                .iter()
+                .map(|s| (s.image.clone(), s.caption.clone(), s.original))
+                .collect();
+            let (t, w) = SdSubjectTask::new(
+                cfg.clone(),
+                pipe,
+                &triples,
+                &class,
+                layout.clone(),
+                &train_device,
+            )?;
+            let frozen = pipe.unet.clone().fork(&train_device).no_grad();
+            (Task::Sd(Box::new((t, frozen))), w)
+        }
+    };
     for w in warnings {
         eprintln!("warning: {w}");
     }
     let base_model = serde_json::json!({
         "path": model.display().to_string(),
-        "fingerprint": base_fingerprint(&comps.transformer)?,
+        "fingerprint": base_fingerprint(base.weights_path())?,
     });
-    let base = pipe.transformer.clone().fork(&train_device).no_grad();
+    let base_component = match base {
+        Base::Flux { .. } => "transformer",
+        Base::Sd { .. } => "unet",
+    };
     let stop = stop_flag();
     let trainer = Trainer {
         out_dir: &a.out,
@@ -526,7 +692,10 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         &cfg,
         set,
         a.resume,
-        |m, rngs, _| task.loss(&base, m, rngs, &train_device),
+        |m, rngs, _| match &task {
+            Task::Flux(t) => t.0.loss(&t.1, m, rngs, &train_device),
+            Task::Sd(t) => t.0.loss(&t.1, m, rngs, &train_device),
+        },
         |p, m, _| {
             let s = smooth.map_or(p.loss, |v| 0.9 * v + 0.1 * p.loss);
             smooth = Some(s);
@@ -547,15 +716,23 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
                 side_err = std::fs::create_dir_all(&adapters_dir)
                     .map_err(|e| Error::io(&adapters_dir, e).into())
                     .and_then(|_| {
-                        write_adapter(&path, &m.valid(), &layout, &cfg, &base_model, p.step)
-                            .map_err(Into::into)
+                        write_adapter(
+                            &path,
+                            base_component,
+                            &m.valid(),
+                            &layout,
+                            &cfg,
+                            &base_model,
+                            p.step,
+                        )
+                        .map_err(Into::into)
                     })
                     .err();
             }
             let every = cfg.validation.every;
             if every > 0 && p.step % every == 0 && p.step < p.total_steps {
                 side_err = validate(
-                    &mut pipe,
+                    &mut base,
                     &layout,
                     m,
                     &cfg,
@@ -579,8 +756,16 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     ended(outcome, &a.out, &trainer.checkpoint_dir())?;
     let set = set.valid();
     let final_path = a.out.join("adapter.safetensors");
-    write_adapter(&final_path, &set, &layout, &cfg, &base_model, cfg.steps)?;
-    validate(&mut pipe, &layout, &set, &cfg, &a.out, "final").context("validation renders")?;
+    write_adapter(
+        &final_path,
+        base_component,
+        &set,
+        &layout,
+        &cfg,
+        &base_model,
+        cfg.steps,
+    )?;
+    validate(&mut base, &layout, &set, &cfg, &a.out, "final").context("validation renders")?;
     eprintln!(
         "trained {} steps; adapter written to {} (samples in {})",
         cfg.steps,

@@ -300,3 +300,88 @@ fn nano_subjects_and_eval_without_the_trigger_word() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("subject similarity: 1.000"), "{out}");
 }
+
+#[test]
+fn train_a_unet_adapter_on_a_stable_diffusion_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let subj = dir.path().join("subject");
+    subject(&subj);
+    let model = common::fixtures().join("sd_pipeline_tiny");
+    let out = dir.path().join("run");
+    let o = run(&[
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--subject",
+        subj.to_str().unwrap(),
+        "--token",
+        "sks",
+        "--class",
+        "cross",
+        "--steps",
+        "12",
+        "--lr",
+        "1e-2",
+        "--validation-steps",
+        "3",
+        "--resolution",
+        "32",
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    // The SDXL reference's T-LoRA defaults (orthogonal; SD1 rank 32 / min rank 16).
+    assert!(
+        err.contains("T-LoRA (orthogonal) rank 32 min rank 16"),
+        "{err}"
+    );
+    assert!(out.join("samples/final/00.png").exists());
+    let f = AdapterFile::read(&out.join("adapter.safetensors")).unwrap();
+    assert!(
+        f.layers
+            .keys()
+            .all(|k| k.starts_with("unet.") && k.contains(".attn"))
+    );
+    // Layers narrower than the rank keep their own (smaller) rank, and every layer applies at
+    // scale 1 through the PEFT metadata's rank / alpha patterns.
+    let ranks: std::collections::BTreeSet<usize> = f.layers.values().map(|l| l.rank()).collect();
+    assert!(ranks.len() > 1, "{ranks:?}");
+    assert!(f.layers.values().all(|l| (l.scale() - 1.0).abs() < 1e-9));
+    let render = |name: &str, lora: Option<&Path>| {
+        let o_dir = dir.path().join(name);
+        let mut v = vec![
+            "sample",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "a sks cross",
+            "--seed",
+            "4",
+            "--steps",
+            "3",
+            "--width",
+            "32",
+            "--height",
+            "32",
+            "--out",
+            o_dir.to_str().unwrap(),
+            "--quiet",
+        ];
+        let l;
+        if let Some(p) = lora {
+            l = p.display().to_string();
+            v.extend(["--lora", l.as_str()]);
+        }
+        let o = run(&v);
+        assert!(o.status.success(), "{}", stderr(&o));
+        pixels(&png_files(&o_dir)[0])
+    };
+    let base = render("base", None);
+    let with = render("with", Some(&out.join("adapter.safetensors")));
+    assert!(
+        base.iter().zip(&with).any(|(a, b)| a != b),
+        "the trained UNet adapter changes the image"
+    );
+}

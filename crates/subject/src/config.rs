@@ -102,6 +102,14 @@ pub const FLUX_ATTENTION: &str = r"^(transformer_blocks|single_transformer_block
 /// linear layers" style).
 pub const FLUX_ALL_LINEAR: &str = r"^(transformer_blocks|single_transformer_blocks)\.\d+\.(attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)|ff\.net\.(0\.proj|2)|ff_context\.net\.(0\.proj|2)|proj_mlp|proj_out)$";
 
+/// UNet attention projections (diffusers names): self- and cross-attention q/k/v/out of every
+/// transformer block — the T-LoRA SDXL processor's targets.
+pub const UNET_ATTENTION: &str =
+    r"^(down_blocks|mid_block|up_blocks)\..*\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$";
+
+/// [`UNET_ATTENTION`] plus the feed-forwards and the transformers' proj_in / proj_out.
+pub const UNET_ALL_LINEAR: &str = r"^(down_blocks|mid_block|up_blocks)\..*\.(attn[12]\.(to_q|to_k|to_v|to_out\.0)|ff\.net\.(0\.proj|2)|proj_in|proj_out)$";
+
 /// Prior preservation: class images the base model draws once (cached under the run folder)
 /// and trained on beside the subject with this weight.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -122,8 +130,9 @@ pub struct ValidationConfig {
     pub every: u64,
     pub steps: usize,
     pub seed: u64,
-    /// FLUX true-CFG scale (applies with a negative prompt; the nano model's default 4).
-    pub true_cfg_scale: f32,
+    /// Guidance: FLUX true-CFG scale (applies with a negative prompt; the nano model's default
+    /// 4), SD classifier-free guidance scale.
+    pub cfg_scale: f32,
     pub negative_prompt: Option<String>,
 }
 
@@ -216,12 +225,48 @@ impl SubjectConfig {
                 every: 0,
                 steps: 28,
                 seed: 42,
-                true_cfg_scale: 1.0,
+                cfg_scale: 1.0,
                 negative_prompt: None,
             },
             data_seed: 1,
             noise_seed: 2,
         }
+    }
+
+    /// Defaults for a Stable Diffusion UNet (see the module docs): T-LoRA as the SDXL
+    /// reference (orthogonal, rank 64 / min rank 32, AdamW 1e-4, wd 1e-4, no clipping, 800
+    /// steps; for SD 1.x/2.x rank 32 / min rank 16, which no reference pins), LoRA rank 16 /
+    /// α 16 AdamW 1e-4 500 steps; adapters on the attention projections of every transformer
+    /// block (`attn1` / `attn2` q, k, v, out).
+    pub fn sd_defaults(
+        method: Method,
+        token: &str,
+        class: &str,
+        resolution: u32,
+        sdxl: bool,
+    ) -> Self {
+        let mut c = Self::flux_defaults(method, token, class, resolution);
+        let (rank, min_rank, steps) = match (method, sdxl) {
+            (Method::Tlora, true) => (64, 32, 800),
+            (Method::Tlora, false) => (32, 16, 800),
+            (Method::Lora, _) => (16, 1, 500),
+        };
+        c.adapter.rank = rank;
+        c.adapter.alpha = rank as f64;
+        c.adapter.min_rank = min_rank;
+        c.adapter.orthogonal = method == Method::Tlora;
+        c.adapter.target_modules = UNET_ATTENTION.to_string();
+        c.steps = steps;
+        c.schedule.total_steps = steps;
+        c.lr = 1e-4;
+        c.optimizer = OptimizerConfig {
+            weight_decay: 1e-4,
+            grad_clip_norm: None,
+            ..Default::default()
+        };
+        c.validation.steps = 30;
+        c.validation.cfg_scale = if sdxl { 5.0 } else { 7.5 };
+        c
     }
 
     pub fn validate(&self) -> Result<(), String> {

@@ -13,8 +13,8 @@ use sha2::{Digest, Sha256};
 use dreamforge_adapters::{AdapterFile, META_KEY, branch_weights};
 use dreamforge_core::{Result, WeightSet};
 
+use crate::adapter_set::{AdapterLayout, AdapterSet};
 use crate::config::{Method, SubjectConfig};
-use crate::flux::{AdapterLayout, AdapterSet};
 
 /// A fingerprint of the base transformer's architecture and weights layout: SHA-256 over its
 /// sorted parameter names, shapes and the weight files' sizes (cheap for a 24 GB file; equal
@@ -46,9 +46,11 @@ pub fn base_fingerprint(transformer: &Path) -> Result<String> {
     Ok(format!("{:x}", h.finalize()))
 }
 
-/// Writes `set` (moved to the host) to `path` atomically.
+/// Writes `set` (moved to the host) to `path` atomically, its layers under `component`
+/// (`transformer` for FLUX, `unet` for SD).
 pub fn write_adapter(
     path: &Path,
+    component: &str,
     set: &AdapterSet,
     layout: &AdapterLayout,
     cfg: &SubjectConfig,
@@ -63,16 +65,15 @@ pub fn write_adapter(
         .collect();
     let a = &cfg.adapter;
     let orthogonal = a.method == Method::Tlora && a.orthogonal;
-    // The stored rank and alpha: orthogonal pairs are rank 2r at scale 1.
-    let (rank, alpha) = if orthogonal {
-        (2 * a.rank, 2.0 * a.rank as f64)
-    } else if a.method == Method::Tlora {
-        (a.rank, a.rank as f64)
-    } else if a.rslora {
-        (a.rank, a.alpha * (a.rank as f64).sqrt())
-    } else {
-        (a.rank, a.alpha)
-    };
+    // Every layer applies at scale 1 (scales folded into the up factors): PEFT metadata says
+    // lora_alpha = r, with per-module patterns for layers whose rank was capped by their size.
+    let rank = if orthogonal { 2 * a.rank } else { a.rank };
+    let mut rank_pattern = serde_json::Map::new();
+    for (m, l) in &layers {
+        if l.rank() != rank {
+            rank_pattern.insert(m.clone(), serde_json::json!(l.rank()));
+        }
+    }
     let targets: Vec<String> = {
         let mut t: Vec<String> = layout
             .modules
@@ -99,9 +100,11 @@ pub fn write_adapter(
     meta.insert(
         "lora_adapter_metadata".into(),
         serde_json::json!({
-            "transformer.r": rank,
-            "transformer.lora_alpha": alpha,
-            "transformer.target_modules": targets,
+            format!("{component}.r"): rank,
+            format!("{component}.lora_alpha"): rank,
+            format!("{component}.target_modules"): targets,
+            format!("{component}.rank_pattern"): rank_pattern,
+            format!("{component}.alpha_pattern"): rank_pattern,
         })
         .to_string(),
     );
@@ -125,5 +128,5 @@ pub fn write_adapter(
         })
         .to_string(),
     );
-    AdapterFile::write_peft(path, "transformer", &layers, &meta)
+    AdapterFile::write_peft(path, component, &layers, &meta)
 }

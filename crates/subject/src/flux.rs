@@ -14,15 +14,12 @@
 //! checkpoints — kilobytes to megabytes, never the base weights) and are attached to the
 //! frozen base by checkpoint module name for each forward.
 
-use std::collections::HashMap;
-
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
-use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
 
+use dreamforge_adapters::at_step;
 use dreamforge_adapters::rank::progress_from_sigma;
-use dreamforge_adapters::{Branch, at_step, attach};
 use dreamforge_core::export::ParamKeys;
 use dreamforge_core::image_io::RgbImage;
 use dreamforge_core::{Error, Result};
@@ -34,85 +31,8 @@ use dreamforge_pipeline::latents::{image_ids, pack};
 use dreamforge_train::Rngs;
 use dreamforge_train::objective::{flow_matching, mse};
 
+use crate::adapter_set::{AdapterLayout, AdapterSet};
 use crate::config::SubjectConfig;
-
-/// The trained adapters, one branch per adapted weight, in model order (what checkpoints
-/// hold).
-#[derive(Module, Debug)]
-pub struct AdapterSet {
-    pub branches: Vec<Branch>,
-}
-
-/// Module names of an [`AdapterSet`]'s branches (same order).
-#[derive(Debug, Clone)]
-pub struct AdapterLayout {
-    pub modules: Vec<String>,
-    index: HashMap<String, usize>,
-}
-
-impl AdapterLayout {
-    pub fn new(modules: Vec<String>) -> Self {
-        let index = modules
-            .iter()
-            .enumerate()
-            .map(|(i, m)| (m.clone(), i))
-            .collect();
-        Self { modules, index }
-    }
-
-    /// `base` with the set's branches attached (on `base`'s device).
-    pub fn attach(
-        &self,
-        base: FluxTransformer,
-        names: &ParamKeys,
-        set: &AdapterSet,
-    ) -> FluxTransformer {
-        let all = regex::Regex::new(".*").expect("valid regex");
-        attach(
-            base,
-            |p| names.key_of(p),
-            &all,
-            |module, _, _, _| vec![self.index.get(module).map(|&i| set.branches[i].clone())],
-        )
-        .0
-    }
-}
-
-/// Fresh adapters for the weights of `base` that `cfg.adapter.target_modules` selects.
-pub fn init_adapters(
-    base: &FluxTransformer,
-    names: &ParamKeys,
-    cfg: &SubjectConfig,
-    device: &Device,
-) -> Result<(AdapterSet, AdapterLayout)> {
-    let targets = regex::Regex::new(&cfg.adapter.target_modules).map_err(|e| {
-        Error::InvalidInput(format!(
-            "target modules `{}`: {e}",
-            cfg.adapter.target_modules
-        ))
-    })?;
-    let init = cfg.adapter.init();
-    let mut branches = Vec::new();
-    let mut seen = Vec::new();
-    // A dry pass (every slot `None`: nothing is attached) that visits each targeted weight.
-    let _ = attach(
-        base.clone(),
-        |p| names.key_of(p),
-        &targets,
-        |module, d_in, d_out, _| {
-            branches.push(init.branch(module, d_in, d_out, device));
-            seen.push(module.to_string());
-            vec![None]
-        },
-    );
-    if seen.is_empty() {
-        return Err(Error::InvalidInput(format!(
-            "no weight of the transformer matches the target modules `{}` (module names look like `transformer_blocks.0.attn.to_q`)",
-            cfg.adapter.target_modules
-        )));
-    }
-    Ok((AdapterSet { branches }, AdapterLayout::new(seen)))
-}
 
 /// One cached training example.
 #[derive(Clone)]
@@ -285,13 +205,13 @@ impl FluxSubjectTask {
         rngs: &mut Rngs,
         device: &Device,
     ) -> Tensor<1> {
-        let i = rngs.data.random_range(0..self.instances.len());
-        let mut loss = self.example_loss(&self.instances[i], base, set, rngs, device);
-        if let (Some(p), false) = (&self.config.prior, self.class.is_empty()) {
-            let j = rngs.data.random_range(0..self.class.len());
-            loss = loss + self.example_loss(&self.class[j], base, set, rngs, device) * p.weight;
-        }
-        loss
+        crate::with_prior(
+            &self.instances,
+            &self.class,
+            self.config.prior.as_ref(),
+            rngs,
+            |ex, rngs| self.example_loss(ex, base, set, rngs, device),
+        )
     }
 }
 

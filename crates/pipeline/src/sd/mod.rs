@@ -139,6 +139,40 @@ impl SdPipeline {
         Ok(unmatched)
     }
 
+    /// (sequence states `[1, 77, D]`, SDXL pooled `[1, P]`) of one prompt with the base text
+    /// encoders (what training conditions on; no clip skip).
+    pub fn encode_prompt(
+        &self,
+        prompt: &str,
+        warnings: &mut Vec<String>,
+    ) -> Result<(Tensor<3>, Option<Tensor<2>>)> {
+        let d = &self.device;
+        match (&self.tokenizer_2, &self.text_encoder_2) {
+            (Some(t2), Some(e2)) if self.family == SdFamily::Sdxl => {
+                let (s, p) = encode::encode_sdxl(
+                    [&self.tokenizer, t2],
+                    [&self.text_encoder, e2],
+                    &[prompt],
+                    None,
+                    d,
+                    warnings,
+                )?;
+                Ok((s, Some(p)))
+            }
+            _ => Ok((
+                encode::encode_sd(
+                    &self.tokenizer,
+                    &self.text_encoder,
+                    &[prompt],
+                    None,
+                    d,
+                    warnings,
+                )?,
+                None,
+            )),
+        }
+    }
+
     /// The VAE's spatial downsampling (8 for SD).
     pub fn vae_scale_factor(&self) -> usize {
         1 << self.vae.config.block_out_channels.len().saturating_sub(1)
