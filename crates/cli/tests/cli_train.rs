@@ -326,12 +326,22 @@ fn train_a_unet_adapter_on_a_stable_diffusion_pipeline() {
         "3",
         "--resolution",
         "32",
+        "--prior-images",
+        "2",
         "--out",
         out.to_str().unwrap(),
         "--quiet",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let err = stderr(&o);
+    // Prior preservation: class images drawn by the base model, cached in the run folder.
+    assert!(
+        err.contains("prior preservation: 2 class images of \"a photo of cross\""),
+        "{err}"
+    );
+    for i in 0..2 {
+        assert!(out.join(format!("class_images/class-{i:04}.png")).exists());
+    }
     // The SDXL reference's T-LoRA defaults (orthogonal; SD1 rank 32 / min rank 16).
     assert!(
         err.contains("T-LoRA (orthogonal) rank 32 min rank 16"),
