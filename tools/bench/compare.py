@@ -47,7 +47,7 @@ def criterion_median(group, name):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--suite", choices=["flux", "unet", "nano-train"], default="flux")
+    ap.add_argument("--suite", choices=["flux", "unet", "nano-train", "adapter-train"], default="flux")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--width", type=int, default=3072, help="flux: block width")
     ap.add_argument("--text", type=int, default=None, help="text tokens (flux 512, unet 77)")
@@ -70,6 +70,8 @@ def main():
     a = ap.parse_args()
     if a.suite == "nano-train":
         return main_nano(a)
+    if a.suite == "adapter-train":
+        return main_adapter(a)
     if a.suite == "unet":
         a.text = 77 if a.text is None else a.text
         return main_unet(a)
@@ -205,6 +207,32 @@ def main_nano(a):
         step_counted = t.get("flops_step_counted")
         extra = f"; FlopCounterMode counts {step_counted / 1e9:.1f} GFLOP for the whole step" if step_counted else ""
         print(f"Parameter counts equal; the analytic forward FLOPs equal torch FlopCounterMode's{extra}.")
+
+
+def main_adapter(a):
+    """benches/adapter_train_step.rs vs tools/bench/adapter_train_step.py: one adapter training
+    step (LoRA, T-LoRA, orthogonal T-LoRA at the same rank) on the nano transformer and a
+    FLUX-shaped one; `--steps` timed steps per side (median)."""
+    env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads), ADAPTER_BENCH_STEPS=str(a.steps))
+    if not a.skip_rust:
+        subprocess.run(["cargo", "bench", "--bench", "adapter_train_step"], cwd=ROOT, env=env, check=True)
+    rust = json.loads((ROOT / "target" / "criterion" / "adapter_train_step.json").read_text())
+    torch_env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads))
+    out = subprocess.run([a.python, str(ROOT / "tools/bench/adapter_train_step.py"), "--threads", str(a.threads),
+                          "--steps", str(a.steps)], env=torch_env, check=True, capture_output=True, text=True).stdout
+    torch = {(t["config"], t["method"]): t for t in map(json.loads, out.strip().splitlines())}
+    print(f"adapter training step (fwd + bwd through the frozen base + AdamW on the adapters), batch 1, "
+          f"{a.threads} threads, rank {rust[0]['rank']}, {a.steps} timed steps each (median)\n")
+    print("| config | method | trainable | dreamforge s | torch + PEFT s | dreamforge / torch "
+          "| dreamforge VmHWM MiB | torch max RSS MiB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rust:
+        t = torch[(r["config"], r["method"])]
+        tokens = f"{r['config']} ({r['image_tokens']}+{r['text_tokens']} tokens)"
+        same = "" if t["trainable"] == r["trainable"] else f" (torch {t['trainable']})"
+        print(f"| {tokens} | {r['method']} | {r['trainable']}{same} | {r['step_median_s']:.3f} "
+              f"| {t['step_median_s']:.3f} | {r['step_median_s'] / t['step_median_s']:.2f} "
+              f"| {(r['vm_hwm_bytes'] or 0) / 2**20:.0f} | {t['max_rss_bytes'] / 2**20:.0f} |")
 
 
 if __name__ == "__main__":
