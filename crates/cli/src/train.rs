@@ -564,7 +564,8 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     let train_device = device.clone().autodiff();
     let t0 = Instant::now();
     let mut base = Base::load(&model, &device)?;
-    let cfg = if a.resume {
+    let fingerprint = base_fingerprint(base.weights_path())?;
+    let mut cfg = if a.resume {
         let p = a.out.join("run_config.json");
         if !p.exists() {
             bail!(Error::InvalidInput(format!(
@@ -572,12 +573,24 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
                 p.display()
             )));
         }
-        read_config(&p)?
+        let c = read_config(&p)?;
+        if c.base_fingerprint
+            .as_deref()
+            .is_some_and(|f| f != fingerprint)
+        {
+            bail!(Error::InvalidInput(format!(
+                "{}: the run was started on another base model than {} (fingerprints differ); resume with the model it started on",
+                a.out.display(),
+                model.display()
+            )));
+        }
+        c
     } else if let Some(p) = &a.config {
         read_config(p)?
     } else {
         config_from_flags(&a, &base, &model)?
     };
+    cfg.base_fingerprint = Some(fingerprint.clone());
     cfg.validate()
         .map_err(|r| Error::InvalidInput(format!("training settings: {r}")))?;
     if let Base::Flux { pipe, .. } = &mut base {
@@ -665,7 +678,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     }
     let base_model = serde_json::json!({
         "path": model.display().to_string(),
-        "fingerprint": base_fingerprint(base.weights_path())?,
+        "fingerprint": fingerprint,
     });
     let base_component = match base {
         Base::Flux { .. } => "transformer",

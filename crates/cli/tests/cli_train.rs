@@ -172,6 +172,10 @@ fn train_writes_an_adapter_that_sample_applies() {
     let o = go(&["--resume"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(out.join("adapter.safetensors").exists());
+    // Resuming onto another base model is refused.
+    let other = common::fixtures().join("flux_pipeline_tiny");
+    let o = go(&["--resume", "--model", other.to_str().unwrap()]);
+    assert_fails(&o, 1, &["another base model", "flux_pipeline_tiny"]);
 }
 
 #[test]

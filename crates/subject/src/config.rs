@@ -160,6 +160,10 @@ pub struct SubjectConfig {
     pub validation: ValidationConfig,
     pub data_seed: u64,
     pub noise_seed: u64,
+    /// The base model's fingerprint (`export::base_fingerprint`): a run resumes only on the
+    /// model it started with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_fingerprint: Option<String>,
 }
 
 impl SubjectConfig {
@@ -230,6 +234,7 @@ impl SubjectConfig {
             },
             data_seed: 1,
             noise_seed: 2,
+            base_fingerprint: None,
         }
     }
 
