@@ -3,9 +3,9 @@
 //! T-LoRA at the same rank on the same FLUX transformer — what `dreamforge train` runs per step
 //! (`AdapterLayout::attach` of the trained set onto the frozen base, the per-step rank-mask pass,
 //! the forward, MSE, `train_step`). Two configs: the nano transformer (64 image + 16 text tokens)
-//! and a FLUX-shaped one (FLUX.1's 3072-wide blocks, one double and one single block, 256 image
-//! + 64 text tokens). The PyTorch + PEFT peer is `tools/bench/adapter_train_step.py` (via
-//! `tools/bench/compare.py --suite adapter-train`).
+//! and a FLUX-shaped one (FLUX.1's 3072-wide blocks, one double and one single block, 256
+//! image and 64 text tokens). The PyTorch + PEFT peer is `tools/bench/adapter_train_step.py`
+//! (via `tools/bench/compare.py --suite adapter-train`).
 //!
 //! Plain `Instant` timing as `nano_train_step`: 2 warm-up steps, then the median of
 //! `ADAPTER_BENCH_STEPS` (default 5) steps; threads: `RAYON_NUM_THREADS`. Peak memory is the

@@ -44,8 +44,8 @@ pub enum LoraCommand {
         #[arg(long)]
         model: Option<PathBuf>,
     },
-    /// Merge a LoRA into a FLUX transformer's weights and write them as one safetensors file
-    /// (diffusers keys), to use with `sample --model MERGED --components BASE_FOLDER`.
+    /// Merge a LoRA into a FLUX transformer's weights and write them as a diffusers transformer
+    /// folder (config.json + weights), to use with `sample --model MERGED --components BASE`.
     Merge {
         /// The base model: a FLUX diffusers folder or single-file transformer.
         #[arg(long)]
@@ -53,7 +53,7 @@ pub enum LoraCommand {
         /// The adapter, optionally at a strength (PATH[:SCALE]).
         #[arg(long)]
         lora: String,
-        /// Output .safetensors file.
+        /// Output folder (created): config.json and diffusion_pytorch_model.safetensors.
         #[arg(long)]
         out: PathBuf,
         /// T-LoRA only: merge with this many rank components active (the adapter at one point
@@ -234,7 +234,18 @@ fn merge(model: &Path, lora: &str, out: &Path, tlora_rank: Option<usize>) -> any
             "strength": strength, "tlora_rank": tlora_rank})
         .to_string(),
     );
-    dreamforge_core::export::save_safetensors(out, &tensors, &meta)?;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let mut cfg = serde_json::to_value(&merged.config).expect("config serializes");
+    cfg["_class_name"] = serde_json::json!("FluxTransformer2DModel");
+    dreamforge_core::image_io::write_atomic(
+        &out.join("config.json"),
+        serde_json::to_string_pretty(&cfg).expect("json").as_bytes(),
+    )?;
+    dreamforge_core::export::save_safetensors(
+        &out.join("diffusion_pytorch_model.safetensors"),
+        &tensors,
+        &meta,
+    )?;
     if !unmatched[0].is_empty() {
         eprintln!(
             "warning: {} of the adapter's layers match no weight and were skipped, e.g. `{}`",

@@ -505,3 +505,147 @@ fn an_interrupted_and_resumed_run_equals_the_uninterrupted_one() {
         }
     }
 }
+
+/// `lora convert` round trips (PEFT → kohya on BFL modules → PEFT) and `lora merge` give the
+/// images `sample --lora` gives; a T-LoRA merges only at a stated rank.
+#[test]
+fn lora_convert_and_merge_reproduce_sampling_with_the_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    let subj = dir.path().join("subject");
+    subject(&subj);
+    let train = |name: &str, method: &str| {
+        let out = dir.path().join(name);
+        let o = run(&[
+            "train",
+            "--subject",
+            subj.to_str().unwrap(),
+            "--token",
+            "sks",
+            "--class",
+            "cross",
+            "--method",
+            method,
+            "--steps",
+            "20",
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        out.join("adapter.safetensors")
+    };
+    let lora = train("lora", "lora");
+    let render = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut v = vec![
+            "sample",
+            "--prompt",
+            "a large yellow sks cross on a blue background",
+            "--seed",
+            "9",
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+        ];
+        v.extend_from_slice(extra);
+        let o = run(&v);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        pixels(&png_files(&out)[0])
+    };
+    let want = render("peft", &["--lora", lora.to_str().unwrap()]);
+    let kohya = dir.path().join("kohya.safetensors");
+    let o = run(&[
+        "lora",
+        "convert",
+        lora.to_str().unwrap(),
+        "--to",
+        "kohya",
+        "--out",
+        kohya.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let k = AdapterFile::read(&kohya).unwrap();
+    assert!(
+        k.layers
+            .contains_key("lora_unet_double_blocks_0_img_attn_qkv")
+    );
+    assert_eq!(render("kohya", &["--lora", kohya.to_str().unwrap()]), want);
+    let back = dir.path().join("back.safetensors");
+    let o = run(&[
+        "lora",
+        "convert",
+        kohya.to_str().unwrap(),
+        "--to",
+        "peft",
+        "--out",
+        back.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(render("back", &["--lora", back.to_str().unwrap()]), want);
+
+    // Merged weights: the same image within float rounding (1 level of 8 bits).
+    let nano = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/nano");
+    let merged = dir.path().join("merged");
+    let o = run(&[
+        "lora",
+        "merge",
+        "--model",
+        nano.to_str().unwrap(),
+        "--lora",
+        lora.to_str().unwrap(),
+        "--out",
+        merged.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = render(
+        "merged",
+        &[
+            "--model",
+            merged.to_str().unwrap(),
+            "--components",
+            nano.to_str().unwrap(),
+        ],
+    );
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    assert!(
+        worst <= 1,
+        "merged weights differ from the adapter by {worst} levels"
+    );
+
+    // A T-LoRA: refused without a rank, merged at full rank on request.
+    let tlora = train("tlora", "tlora");
+    let tmerged = dir.path().join("tmerged");
+    let m = |extra: &[&str]| {
+        let mut v = vec![
+            "lora",
+            "merge",
+            "--model",
+            nano.to_str().unwrap(),
+            "--lora",
+            tlora.to_str().unwrap(),
+            "--out",
+            tmerged.to_str().unwrap(),
+        ];
+        v.extend_from_slice(extra);
+        run(&v)
+    };
+    assert_fails(
+        &m(&[]),
+        1,
+        &["cannot be merged into one weight", "--tlora-rank"],
+    );
+    assert!(!tmerged.exists());
+    assert_fails(
+        &m(&["--tlora-rank", "99"]),
+        1,
+        &["--tlora-rank 99", "outside"],
+    );
+    let o = m(&["--tlora-rank", "32"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(tmerged.exists());
+}

@@ -516,7 +516,7 @@ pub struct WeightLoader<'a> {
     ignored: Vec<fn(&str) -> bool>,
     init: Option<Initializer>,
     records: RefCell<Vec<(ParamId, FileKey)>>,
-    names: RefCell<Vec<(ParamId, String)>>,
+    names: RefCell<Vec<(ParamId, FileKey)>>,
 }
 
 impl<'a> WeightLoader<'a> {
@@ -552,6 +552,16 @@ impl<'a> WeightLoader<'a> {
     /// checkpoint name, e.g. diffusers', whatever layout the file had) — what adapters match
     /// their target modules against.
     pub fn names(&self) -> Vec<(ParamId, String)> {
+        self.names
+            .borrow()
+            .iter()
+            .map(|(id, k)| (*id, k.key.clone()))
+            .collect()
+    }
+
+    /// [`Self::names`] with each parameter's storage orientation (a linear weight is stored
+    /// `[out, in]`): export keys in the canonical layout, whatever the file's layout was.
+    pub fn canonical_keys(&self) -> Vec<(ParamId, FileKey)> {
         self.names.borrow().clone()
     }
 
@@ -559,11 +569,23 @@ impl<'a> WeightLoader<'a> {
     /// convolution kept as a linear map), so adapters can match it; not an export record (the
     /// file layout differs).
     pub fn name_param(&self, id: ParamId, name: &str) {
-        self.names.borrow_mut().push((id, name.to_string()));
+        self.names.borrow_mut().push((
+            id,
+            FileKey {
+                key: name.to_string(),
+                transposed: true,
+            },
+        ));
     }
 
     fn record(&self, id: ParamId, name: &str, transposed: bool) {
-        self.names.borrow_mut().push((id, name.to_string()));
+        self.names.borrow_mut().push((
+            id,
+            FileKey {
+                key: name.to_string(),
+                transposed,
+            },
+        ));
         let src = self.source(name);
         if src.rows.is_none() && !src.swap_halves {
             self.records.borrow_mut().push((

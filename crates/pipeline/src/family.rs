@@ -60,12 +60,26 @@ pub fn detect_family(model: &Path) -> Result<ModelFamily> {
             None if model.join("unet").exists() => {
                 Ok(ModelFamily::Sd(SdSource::Diffusers(model.into())))
             }
+            // A component folder (e.g. a diffusers transformer: config.json + weights) is
+            // detected from its weights like a single file.
+            None if has_safetensors(model) => detect_weights(model),
             None => Err(Error::format(
                 model,
                 "not a diffusers pipeline folder (no model_index.json) and not a weights file",
             )),
         };
     }
+    detect_weights(model)
+}
+
+fn has_safetensors(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|rd| {
+        rd.flatten()
+            .any(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+    })
+}
+
+fn detect_weights(model: &Path) -> Result<ModelFamily> {
     let set = WeightSet::open(model)?;
     match checkpoint::detect(&set) {
         CheckpointKind::FluxBfl | CheckpointKind::FluxDiffusers => Ok(ModelFamily::Flux),

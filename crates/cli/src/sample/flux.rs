@@ -39,7 +39,12 @@ pub(crate) fn run(
     let unmatched = pipe.set_adapters(&loras.adapters())?;
     let adapter_warnings = loras.check(&unmatched, "this FLUX transformer")?;
     let distilled = pipe.transformer.config.guidance_embeds;
-    let defaults = sample_defaults(&a.model);
+    // A single-file or component-folder model takes the sampling defaults of its
+    // --components pipeline.
+    let defaults = match (sample_defaults(&a.model), &ctx.overrides.components) {
+        (d, Some(c)) if d.steps.is_none() && d.true_cfg_scale.is_none() => sample_defaults(c),
+        (d, _) => d,
+    };
     let (width, height) = output_size(
         a,
         init_size,

@@ -94,7 +94,7 @@ impl FluxTransformer {
     }
 
     /// [`Self::from_weights`], also returning every parameter's diffusers name by module path
-    /// (whatever the file's layout), for matching adapters.
+    /// (whatever the file's layout), for matching adapters and exporting in diffusers layout.
     pub fn from_weights_named(
         set: &WeightSet,
         format: &FluxKeyFormat,
@@ -109,7 +109,9 @@ impl FluxTransformer {
             w = w.with_key_map(bfl_key_map(&config));
         }
         let model = Self::from_loader(&w, config)?;
-        let names = ParamKeys::of_names(&model, &w.names());
+        // Canonical (diffusers) names with storage orientation: usable for matching adapters
+        // and for exporting in diffusers layout (`lora merge`), whatever the file's layout.
+        let names = ParamKeys::of(&model, &w.canonical_keys());
         w.finish()?;
         Ok((model, names))
     }
