@@ -553,17 +553,13 @@ fn lora_convert_and_merge_reproduce_sampling_with_the_adapter() {
         pixels(&png_files(&out)[0])
     };
     let want = render("peft", &["--lora", lora.to_str().unwrap()]);
+    let convert = |from: &Path, to: &str, out: &Path| {
+        let (from, out) = (from.to_str().unwrap(), out.to_str().unwrap());
+        let o = run(&["lora", "convert", from, "--to", to, "--out", out]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
     let kohya = dir.path().join("kohya.safetensors");
-    let o = run(&[
-        "lora",
-        "convert",
-        lora.to_str().unwrap(),
-        "--to",
-        "kohya",
-        "--out",
-        kohya.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    convert(&lora, "kohya", &kohya);
     let k = AdapterFile::read(&kohya).unwrap();
     assert!(
         k.layers
@@ -571,16 +567,7 @@ fn lora_convert_and_merge_reproduce_sampling_with_the_adapter() {
     );
     assert_eq!(render("kohya", &["--lora", kohya.to_str().unwrap()]), want);
     let back = dir.path().join("back.safetensors");
-    let o = run(&[
-        "lora",
-        "convert",
-        kohya.to_str().unwrap(),
-        "--to",
-        "peft",
-        "--out",
-        back.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    convert(&kohya, "peft", &back);
     assert_eq!(render("back", &["--lora", back.to_str().unwrap()]), want);
 
     // Merged weights: the same image within float rounding (1 level of 8 bits).
