@@ -666,4 +666,16 @@ fn sd_sampling_applies_unet_and_text_encoder_loras() {
         &[&args[..], &["--lora", bad.to_str().unwrap()]].concat(),
     );
     assert_fails(&o, 1, &["bad.safetensors", "attn1_to_q", "does not fit"]);
+    // An adapter for another family (a FLUX LoRA) matches nothing here: refused, named.
+    let flux_lora = fixtures().join("lora_flux_peft/pytorch_lora_weights.safetensors");
+    let o = sample(
+        &model,
+        &dir.path().join("flux"),
+        &[&args[..], &["--lora", flux_lora.to_str().unwrap()]].concat(),
+    );
+    assert_fails(
+        &o,
+        1,
+        &["pytorch_lora_weights.safetensors", "none of its 28 layers"],
+    );
 }
