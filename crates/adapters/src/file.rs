@@ -240,7 +240,8 @@ impl AdapterFile {
     }
 
     /// Writes `layers` (module name → factors, names as the model's checkpoint modules) in
-    /// PEFT / diffusers naming under `component` (`transformer`, `unet`, …): `lora_A`/`lora_B`
+    /// PEFT / diffusers naming under `component` (`transformer`, `unet`, …; `""` when the
+    /// names carry their component already): `lora_A`/`lora_B`
     /// tensors, each layer's alpha as a 0-d `<module>.alpha` tensor when it is not `r` (read
     /// by ComfyUI and diffusers alike), and `metadata` as given. Written atomically.
     pub fn write_peft(
@@ -251,7 +252,11 @@ impl AdapterFile {
     ) -> Result<()> {
         let mut tensors = Vec::with_capacity(layers.len() * 3);
         for (name, l) in layers {
-            let base = format!("{component}.{name}");
+            let base = if component.is_empty() {
+                name.clone()
+            } else {
+                format!("{component}.{name}")
+            };
             tensors.push((format!("{base}.lora_A.weight"), l.down.clone()));
             tensors.push((format!("{base}.lora_B.weight"), l.up.clone()));
             if let Some(a) = l.alpha.filter(|a| *a != l.rank() as f32) {

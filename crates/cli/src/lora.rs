@@ -16,7 +16,12 @@ use dreamforge_core::Error;
 use dreamforge_models::dit::flux::{
     FluxConfig, FluxKeyFormat, FluxTransformer, infer_config as infer_flux_config,
 };
+use dreamforge_models::unet::ldm_key_map;
 use dreamforge_pipeline::flux_lora::{infer_config, to_diffusers_layout, to_kohya_bfl};
+use dreamforge_pipeline::sd::lora::to_peft_layout;
+use dreamforge_pipeline::{
+    ModelFamily, SdComponents, SdFamily, SdPipeline, SdSource, detect_family,
+};
 
 #[derive(Subcommand)]
 pub enum LoraCommand {
@@ -28,8 +33,8 @@ pub enum LoraCommand {
         #[arg(long)]
         layers: bool,
     },
-    /// Rewrite a FLUX adapter in another naming (any readable input: PEFT / diffusers, kohya,
-    /// BFL, XLabs).
+    /// Rewrite an adapter in another naming (any readable input: PEFT / diffusers, kohya, BFL,
+    /// XLabs). SD / SDXL adapters need --model.
     Convert {
         /// The adapter file.
         path: PathBuf,
@@ -39,8 +44,9 @@ pub enum LoraCommand {
         /// Output .safetensors file.
         #[arg(long)]
         out: PathBuf,
-        /// The FLUX model the adapter is for (its transformer config sizes the fused
-        /// projections) [default: inferred from the file].
+        /// The model the adapter is for: FLUX (its transformer config sizes the fused
+        /// projections) [default: inferred from the file], or the SD / SDXL model (required
+        /// for those: kohya names are resolved against it).
         #[arg(long)]
         model: Option<PathBuf>,
     },
@@ -104,13 +110,92 @@ fn model_config(model: &Path) -> anyhow::Result<FluxConfig> {
     Ok(infer_flux_config(&set, &format, None)?)
 }
 
+/// SD / SDXL files: names resolved against the model (`--model`), written in PEFT naming with
+/// component prefixes, or kohya naming (`lora_unet_` on diffusers module names for SD 1.x/2.x,
+/// on the original SGM names for SDXL — as sd-scripts writes each —, `lora_te_` / `lora_te1_`
+/// / `lora_te2_` for the text encoders). A T-LoRA keeps its schedule (no layer is fused).
+fn convert_sd(
+    path: &Path,
+    f: &AdapterFile,
+    to: Target,
+    out: &Path,
+    source: SdSource,
+) -> anyhow::Result<()> {
+    let device = dreamforge_core::select_device(dreamforge_core::DeviceSpec::Cpu)?;
+    let pipe = SdPipeline::load(&SdComponents::new(source, Default::default()), &device)?;
+    let p = to_peft_layout(
+        f,
+        &pipe.unet,
+        Some(&pipe.text_encoder),
+        pipe.text_encoder_2.as_ref(),
+    );
+    let known = |k: &str| {
+        ["unet.", "text_encoder.", "text_encoder_2."]
+            .iter()
+            .any(|c| k.starts_with(c))
+    };
+    if let Some(k) = p.layers.keys().find(|k| !known(k)) {
+        bail!(Error::InvalidInput(format!(
+            "{}: layer `{}` is not a module of this model's UNet or text encoders",
+            path.display(),
+            p.source_name(k)
+        )));
+    }
+    let sdxl = pipe.family == SdFamily::Sdxl;
+    match to {
+        Target::Peft => AdapterFile::write_peft(out, "", &p.layers, &f.metadata)?,
+        Target::Kohya => {
+            // diffusers UNet module → SGM module (SDXL files use the original names).
+            let sgm: HashMap<String, String> = ldm_key_map(&pipe.unet.config)
+                .into_iter()
+                .filter_map(|(ours, src)| {
+                    Some((
+                        ours.strip_suffix(".weight")?.to_string(),
+                        src.key.strip_suffix(".weight")?.to_string(),
+                    ))
+                })
+                .collect();
+            let layers: BTreeMap<String, _> = p
+                .layers
+                .iter()
+                .map(|(k, l)| {
+                    let (component, module) = k.split_once('.').expect("prefixed above");
+                    let name = match component {
+                        "unet" if sdxl => format!(
+                            "lora_unet_{}",
+                            sgm.get(module)
+                                .map_or(module, String::as_str)
+                                .replace('.', "_")
+                        ),
+                        "unet" => format!("lora_unet_{}", module.replace('.', "_")),
+                        "text_encoder" if sdxl => format!("lora_te1_{}", module.replace('.', "_")),
+                        "text_encoder" => format!("lora_te_{}", module.replace('.', "_")),
+                        _ => format!("lora_te2_{}", module.replace('.', "_")),
+                    };
+                    (name, l.clone())
+                })
+                .collect();
+            let mut meta = f.metadata.clone();
+            meta.remove("lora_adapter_metadata");
+            AdapterFile::write_kohya(out, &layers, &meta)?;
+        }
+    }
+    eprintln!("wrote {} layers to {}", p.layers.len(), out.display());
+    Ok(())
+}
+
 fn convert(path: &Path, to: Target, out: &Path, model: Option<&Path>) -> anyhow::Result<()> {
     let f = AdapterFile::read(path)?;
+    if let Some(m) = model
+        && let ModelFamily::Sd(source) = detect_family(m)?
+    {
+        return convert_sd(path, &f, to, out, source);
+    }
     let cfg = match model {
         Some(m) => model_config(m)?,
         None => infer_config(&f).ok_or_else(|| {
             Error::InvalidInput(format!(
-                "{}: cannot tell the FLUX block width from the file; pass --model",
+                "{}: cannot tell the model from the file (FLUX block width, or an SD / SDXL adapter); pass --model",
                 path.display()
             ))
         })?,

@@ -679,3 +679,83 @@ fn sd_sampling_applies_unet_and_text_encoder_loras() {
         &["pytorch_lora_weights.safetensors", "none of its 28 layers"],
     );
 }
+
+#[test]
+fn sd_lora_convert_round_trips_give_the_same_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fx("sd_pipeline_tiny");
+    let kohya = dir.path().join("kohya.safetensors");
+    kohya_lora(
+        &kohya,
+        &[
+            (
+                "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k",
+                16,
+                8,
+            ),
+            ("lora_unet_up_blocks_1_attentions_0_proj_out", 8, 8),
+            ("lora_te_text_model_encoder_layers_0_mlp_fc1", 16, 32),
+        ],
+    );
+    let render = |name: &str, lora: &Path| {
+        let out = dir.path().join(name);
+        let args = [
+            "--prompt",
+            "a cat",
+            "--seed",
+            "3",
+            "--steps",
+            "3",
+            "--width",
+            "32",
+            "--height",
+            "32",
+            "--lora",
+            lora.to_str().unwrap(),
+        ];
+        let o = sample(&model, &out, &args);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        read_png(&png_files(&out)[0]).2
+    };
+    let want = render("kohya", &kohya);
+    let convert = |from: &Path, to: &str, out: &Path| {
+        let o = run(&[
+            "lora",
+            "convert",
+            from.to_str().unwrap(),
+            "--to",
+            to,
+            "--out",
+            out.to_str().unwrap(),
+            "--model",
+            &model,
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
+    let peft = dir.path().join("peft.safetensors");
+    convert(&kohya, "peft", &peft);
+    let f = dreamforge_adapters::AdapterFile::read(&peft).unwrap();
+    assert!(
+        f.layers
+            .contains_key("unet.up_blocks.1.attentions.0.proj_out")
+    );
+    assert!(
+        f.layers
+            .contains_key("text_encoder.text_model.encoder.layers.0.mlp.fc1")
+    );
+    assert_eq!(render("peft", &peft), want);
+    let back = dir.path().join("back.safetensors");
+    convert(&peft, "kohya", &back);
+    assert_eq!(render("back", &back), want);
+    // Without the model, an SD file's names cannot be resolved: say so.
+    let o = run(&[
+        "lora",
+        "convert",
+        kohya.to_str().unwrap(),
+        "--to",
+        "peft",
+        "--out",
+        dir.path().join("x.safetensors").to_str().unwrap(),
+    ]);
+    assert_fails(&o, 1, &["kohya.safetensors", "--model"]);
+}
