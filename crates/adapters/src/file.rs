@@ -366,6 +366,18 @@ fn pair(
         // A k×k convolution adapter (LoCon / LyCORIS): not applied, reported as ignored.
         return Ok(None);
     }
+    if let Some((which, t)) = [("down", &d), ("up", &u)]
+        .into_iter()
+        .find(|(_, t)| t.data.iter().any(|v| !v.is_finite()))
+    {
+        let bad = t.data.iter().filter(|v| !v.is_finite()).count();
+        return Err(Error::format(
+            f.path(),
+            format!(
+                "layer `{name}`: its {which} factor holds {bad} NaN / infinite value(s) (a corrupt or diverged adapter)"
+            ),
+        ));
+    }
     if d.shape.len() != 2 || u.shape.len() != 2 || d.shape[0] != u.shape[1] {
         return Err(Error::format(
             f.path(),

@@ -441,6 +441,46 @@ mod files {
         let f = AdapterFile::read(&q).unwrap();
         let (_, unmatched) = attach_one(&base, &f, 1.0).unwrap();
         assert_eq!(unmatched[0].len(), 2);
+        // Non-finite factors (a diverged or corrupt adapter) are refused, naming the layer.
+        let mut nan = collect(&model, key_of, 0, None);
+        nan.get_mut("model.b").unwrap().up.data[1] = f32::NAN;
+        let p = dir.path().join("nan.safetensors");
+        AdapterFile::write_peft(&p, "transformer", &nan, &HashMap::new()).unwrap();
+        let e = AdapterFile::read(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("nan.safetensors") && e.contains("model.b") && e.contains("1 NaN"),
+            "{e}"
+        );
+        // 1×1 convolution factors read as linear ones; k×k convolution layers are ignored.
+        let c = dir.path().join("conv.safetensors");
+        dreamforge_core::export::save_safetensors(
+            &c,
+            &[
+                (
+                    "m.p.lora_A.weight".into(),
+                    HostTensor::new(vec![1, 2, 1, 1], vec![1.0; 2]),
+                ),
+                (
+                    "m.p.lora_B.weight".into(),
+                    HostTensor::new(vec![3, 1, 1, 1], vec![1.0; 3]),
+                ),
+                (
+                    "m.k.lora_A.weight".into(),
+                    HostTensor::new(vec![1, 2, 3, 3], vec![1.0; 18]),
+                ),
+                (
+                    "m.k.lora_B.weight".into(),
+                    HostTensor::new(vec![3, 1, 1, 1], vec![1.0; 3]),
+                ),
+            ],
+            &HashMap::new(),
+        )
+        .unwrap();
+        let f = AdapterFile::read(&c).unwrap();
+        assert_eq!(f.layers["m.p"].down.shape, vec![1, 2]);
+        assert_eq!(f.layers["m.p"].up.shape, vec![3, 1]);
+        assert!(!f.layers.contains_key("m.k"));
+        assert_eq!(f.ignored.len(), 2, "{:?}", f.ignored);
         // A down without its up, and a file without LoRA keys.
         let d = dir.path().join("half.safetensors");
         dreamforge_core::export::save_safetensors(
