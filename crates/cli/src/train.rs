@@ -97,6 +97,10 @@ pub struct TrainArgs {
     /// Training resolution (square) [default: the model's native size, else 512].
     #[arg(long)]
     pub resolution: Option<u32>,
+    /// Mirror the subject images at random (off by default, as the T-LoRA references: text and
+    /// asymmetric details flip too).
+    #[arg(long)]
+    pub flip: bool,
     /// Caption of images without a .txt [default: "a photo of {token} {class}"].
     #[arg(long)]
     pub instance_prompt: Option<String>,
@@ -305,6 +309,18 @@ impl Base {
     }
 }
 
+/// The training images: each subject image, and with `flip` its mirror too (drawing uniformly
+/// from both is a random flip with probability ½).
+fn examples(
+    images: &[dreamforge_subject::SubjectImage],
+    flip: bool,
+) -> impl Iterator<Item = (&dreamforge_subject::SubjectImage, RgbImage)> {
+    images.iter().flat_map(move |s| {
+        let mirror = flip.then(|| (s, s.image.flipped_horizontal()));
+        std::iter::once((s, s.image.clone())).chain(mirror)
+    })
+}
+
 /// The training task and the frozen base it runs on (on the autodiff device).
 enum Task {
     Flux(Box<(FluxSubjectTask, FluxTransformer)>),
@@ -336,6 +352,7 @@ fn config_from_flags(a: &TrainArgs, base: &Base, model: &Path) -> anyhow::Result
     if let Some(p) = &a.instance_prompt {
         c.instance_prompt = fill(p, &a.token, &a.class);
     }
+    c.flip = a.flip;
     if let Some(s) = a.steps {
         c.steps = s;
         c.schedule.total_steps = s;
@@ -533,11 +550,12 @@ fn describe(cfg: &SubjectConfig, layers: usize, flux: bool) -> String {
         "DDPM t uniform".to_string()
     };
     format!(
-        "{method} on {layers} layers; {optim} lr {} ({:?}), {} steps, batch 1, {noise}, resolution {}{}",
+        "{method} on {layers} layers; {optim} lr {} ({:?}), {} steps, batch 1, {noise}, resolution {}{}{}",
         cfg.lr,
         cfg.schedule.kind,
         cfg.steps,
         cfg.resolution,
+        if cfg.flip { ", random flips" } else { "" },
         match &cfg.prior {
             Some(p) => format!(
                 "; prior preservation: {} class images of \"{}\", weight {}",
@@ -639,10 +657,8 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     let class = class_images(&mut base, &cfg, &a.out, a.quiet)?;
     let (task, warnings) = match &base {
         Base::Flux { pipe, .. } => {
-            let pairs: Vec<(RgbImage, String)> = subject
-                .images
-                .iter()
-                .map(|s| (s.image.clone(), s.caption.clone()))
+            let pairs: Vec<(RgbImage, String)> = examples(&subject.images, cfg.flip)
+                .map(|(s, img)| (img, s.caption.clone()))
                 .collect();
             let (t, w) = FluxSubjectTask::new(
                 cfg.clone(),
@@ -656,10 +672,8 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
             (Task::Flux(Box::new((t, frozen))), w)
         }
         Base::Sd { pipe, .. } => {
-            let triples: Vec<(RgbImage, String, (u32, u32))> = subject
-                .images
-                .iter()
-                .map(|s| (s.image.clone(), s.caption.clone(), s.original))
+            let triples: Vec<(RgbImage, String, (u32, u32))> = examples(&subject.images, cfg.flip)
+                .map(|(s, img)| (img, s.caption.clone(), s.original))
                 .collect();
             let (t, w) = SdSubjectTask::new(
                 cfg.clone(),

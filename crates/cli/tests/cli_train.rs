@@ -332,12 +332,14 @@ fn train_a_unet_adapter_on_a_stable_diffusion_pipeline() {
         "32",
         "--prior-images",
         "2",
+        "--flip",
         "--out",
         out.to_str().unwrap(),
         "--quiet",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let err = stderr(&o);
+    assert!(err.contains(", random flips"), "{err}");
     // Prior preservation: class images drawn by the base model, cached in the run folder.
     assert!(
         err.contains("prior preservation: 2 class images of \"a photo of cross\""),

@@ -96,6 +96,23 @@ impl RgbImage {
         ))
     }
 
+    /// The mirror image (left ↔ right).
+    pub fn flipped_horizontal(&self) -> Self {
+        let (w, h) = (self.width as usize, self.height as usize);
+        let mut pixels = Vec::with_capacity(self.pixels.len());
+        for y in 0..h {
+            for x in (0..w).rev() {
+                let i = (y * w + x) * 3;
+                pixels.extend_from_slice(&self.pixels[i..i + 3]);
+            }
+        }
+        Self {
+            width: self.width,
+            height: self.height,
+            pixels,
+        }
+    }
+
     /// The centred square of side `min(width, height)`, resized (Lanczos) to `side`.
     pub fn center_square(&self, side: u32) -> Self {
         let c = self.width.min(self.height);
@@ -392,6 +409,18 @@ mod tests {
             (resized.width, resized.height, resized.pixels.len()),
             (4, 2, 24)
         );
+    }
+
+    #[test]
+    fn flipping_mirrors_each_row() {
+        let img = RgbImage {
+            width: 2,
+            height: 2,
+            pixels: vec![1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4],
+        };
+        let f = img.flipped_horizontal();
+        assert_eq!(f.pixels, vec![2, 2, 2, 1, 1, 1, 4, 4, 4, 3, 3, 3]);
+        assert_eq!(f.flipped_horizontal(), img);
     }
 
     #[test]

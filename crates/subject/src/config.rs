@@ -145,6 +145,11 @@ pub struct SubjectConfig {
     pub class: String,
     pub instance_prompt: String,
     pub resolution: u32,
+    /// Mirror images at random (each step sees an image or its mirror with probability ½;
+    /// diffusers' `--random_flip`). Off by default, as in both T-LoRA references: text and
+    /// asymmetric details of a subject flip too.
+    #[serde(default)]
+    pub flip: bool,
     pub adapter: AdapterConfig,
     pub steps: u64,
     pub lr: f64,
@@ -200,6 +205,7 @@ impl SubjectConfig {
             class: class.to_string(),
             instance_prompt: instance_prompt.clone(),
             resolution,
+            flip: false,
             adapter: AdapterConfig {
                 method,
                 rank,
