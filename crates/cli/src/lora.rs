@@ -266,6 +266,9 @@ fn merge(model: &Path, lora: &str, out: &Path, tlora_rank: Option<usize>) -> any
         )));
     }
     let device = dreamforge_core::select_device(dreamforge_core::DeviceSpec::Cpu)?;
+    if let ModelFamily::Sd(source) = detect_family(model)? {
+        return merge_sd(model, source, &f, &path, strength, out, tlora_rank, &device);
+    }
     let weights = if model.join("transformer").is_dir() {
         model.join("transformer")
     } else {
@@ -288,25 +291,13 @@ fn merge(model: &Path, lora: &str, out: &Path, tlora_rank: Option<usize>) -> any
     }
     let adapted = match (schedule, tlora_rank) {
         (Some(s), Some(r)) => {
-            // The progress at which the schedule gives rank r (r(p) is monotone in p).
-            let rank = converted
+            let stored = converted
                 .layers
                 .values()
                 .map(|l| l.rank())
                 .max()
                 .unwrap_or(1);
-            let full = if s.paired { rank / 2 } else { rank };
-            if r < s.min_rank.min(full) || r > full {
-                bail!(Error::InvalidInput(format!(
-                    "--tlora-rank {r} is outside the schedule's range {}..={full}",
-                    s.min_rank.min(full)
-                )));
-            }
-            let p = (0..=1000)
-                .map(|i| i as f64 / 1000.0)
-                .find(|&p| s.rank_at(full, p) >= r)
-                .unwrap_or(1.0);
-            dreamforge_adapters::at_step(adapted, &[Some(s)], p)
+            dreamforge_adapters::at_step(adapted, &[Some(s)], progress_for_rank(s, stored, r)?)
         }
         _ => adapted,
     };
@@ -452,4 +443,175 @@ fn inspect(f: &AdapterFile, all: bool) -> String {
         let _ = writeln!(s, "metadata {k}: {shown}");
     }
     s
+}
+
+/// The progress at which `schedule` gives a layer of stored rank `stored` exactly `r` active
+/// components (r(p) is monotone in p), or an error when `r` is outside its range.
+fn progress_for_rank(
+    schedule: dreamforge_adapters::RankSchedule,
+    stored: usize,
+    r: usize,
+) -> anyhow::Result<f64> {
+    let full = if schedule.paired { stored / 2 } else { stored };
+    let lo = schedule.min_rank.min(full);
+    if r < lo || r > full {
+        bail!(Error::InvalidInput(format!(
+            "--tlora-rank {r} is outside the schedule's range {lo}..={full}"
+        )));
+    }
+    Ok((0..=1000)
+        .map(|i| i as f64 / 1000.0)
+        .find(|&p| schedule.rank_at(full, p) >= r)
+        .unwrap_or(1.0))
+}
+
+/// Tensors of `model` under `names`, each reshaped to the base file's shape for that key when
+/// the element counts agree (SD1's 1×1 convolutions are kept as linear maps), and keyed as the
+/// base file keys them (a text encoder file without the `text_model.` prefix).
+fn export_like_base<M: Module>(
+    model: &M,
+    names: &dreamforge_core::export::ParamKeys,
+    base: &dreamforge_core::WeightSet,
+) -> anyhow::Result<Vec<(String, dreamforge_core::HostTensor)>> {
+    let mut out = Vec::new();
+    for (key, mut t) in names.export(model)? {
+        let key = if base.shape(&key).is_none() {
+            key.strip_prefix("text_model.")
+                .filter(|k| base.shape(k).is_some())
+                .map(str::to_string)
+                .unwrap_or(key)
+        } else {
+            key
+        };
+        if let Some(shape) = base.shape(&key)
+            && shape != t.shape.as_slice()
+            && shape.iter().product::<usize>() == t.data.len()
+        {
+            t.shape = shape.to_vec();
+        }
+        out.push((key, t));
+    }
+    Ok(out)
+}
+
+/// Copies `from` into `to` recursively (hard links where possible), skipping top-level
+/// entries named in `skip`.
+fn copy_tree(from: &Path, to: &Path, skip: &[&str]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to).map_err(|e| Error::io(to, e))?;
+    for e in std::fs::read_dir(from).map_err(|e| Error::io(from, e))? {
+        let e = e.map_err(|e| Error::io(from, e))?;
+        let name = e.file_name();
+        if skip.iter().any(|s| name == *s) {
+            continue;
+        }
+        let (src, dst) = (e.path(), to.join(&name));
+        if src.is_dir() {
+            copy_tree(&src, &dst, &[])?;
+        } else if std::fs::hard_link(&src, &dst).is_err() {
+            std::fs::copy(&src, &dst).map_err(|e| Error::io(&dst, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// SD / SDXL: merges into the UNet (and the text encoders the adapter touches) of a diffusers
+/// folder and writes a complete diffusers folder at `out` (other components linked or copied).
+#[allow(clippy::too_many_arguments)]
+fn merge_sd(
+    model: &Path,
+    source: SdSource,
+    f: &AdapterFile,
+    path: &Path,
+    strength: f64,
+    out: &Path,
+    tlora_rank: Option<usize>,
+    device: &burn::tensor::Device,
+) -> anyhow::Result<()> {
+    let SdSource::Diffusers(root) = source.clone() else {
+        bail!(Error::InvalidInput(format!(
+            "{}: merging into a single-file SD checkpoint is not supported; merge into its diffusers folder",
+            model.display()
+        )));
+    };
+    let mut pipe = SdPipeline::load(&SdComponents::new(source, Default::default()), device)?;
+    let unmatched = pipe.set_adapters(&[FileAdapter { file: f, strength }])?;
+    if unmatched[0].len() == f.layers.len() {
+        bail!(Error::InvalidInput(format!(
+            "{}: none of its layers matches a weight of {}",
+            path.display(),
+            model.display()
+        )));
+    }
+    let a = pipe.adapters.take().expect("adapters were just set");
+    let unet = match (f.schedule(), tlora_rank) {
+        (Some(s), Some(r)) => {
+            let stored = f.layers.values().map(|l| l.rank()).max().unwrap_or(1);
+            dreamforge_adapters::at_step(a.unet, &[Some(s)], progress_for_rank(s, stored, r)?)
+        }
+        _ => a.unet,
+    };
+    let touched = |component: &str| {
+        let p = to_peft_layout(
+            f,
+            &pipe.unet,
+            Some(&pipe.text_encoder),
+            pipe.text_encoder_2.as_ref(),
+        );
+        p.layers
+            .keys()
+            .any(|k| k.starts_with(&format!("{component}.")))
+    };
+    let (te1, te2) = (touched("text_encoder"), touched("text_encoder_2"));
+    let mut skip = vec!["unet"];
+    if te1 {
+        skip.push("text_encoder");
+    }
+    if te2 {
+        skip.push("text_encoder_2");
+    }
+    copy_tree(&root, out, &skip)?;
+    let write = |component: &str,
+                 file: &str,
+                 tensors: Vec<(String, dreamforge_core::HostTensor)>|
+     -> anyhow::Result<()> {
+        let dir = out.join(component);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let cfg = root.join(component).join("config.json");
+        std::fs::copy(&cfg, dir.join("config.json")).map_err(|e| Error::io(&cfg, e))?;
+        dreamforge_core::export::save_safetensors(&dir.join(file), &tensors, &HashMap::new())?;
+        Ok(())
+    };
+    let base_unet = dreamforge_core::WeightSet::open(root.join("unet"))?;
+    let names = unet.names.clone();
+    write(
+        "unet",
+        "diffusion_pytorch_model.safetensors",
+        export_like_base(&unet.materialize(), &names, &base_unet)?,
+    )?;
+    if te1 {
+        let base = dreamforge_core::WeightSet::open(root.join("text_encoder"))?;
+        let names = a.text_encoder.names.clone();
+        write(
+            "text_encoder",
+            "model.safetensors",
+            export_like_base(&a.text_encoder.materialize(), &names, &base)?,
+        )?;
+    }
+    if let (true, Some(te)) = (te2, a.text_encoder_2) {
+        let base = dreamforge_core::WeightSet::open(root.join("text_encoder_2"))?;
+        let names = te.names.clone();
+        write(
+            "text_encoder_2",
+            "model.safetensors",
+            export_like_base(&te.materialize(), &names, &base)?,
+        )?;
+    }
+    eprintln!(
+        "merged {} into {} (a diffusers folder: unet{}{})",
+        path.display(),
+        out.display(),
+        if te1 { ", text_encoder" } else { "" },
+        if te2 { ", text_encoder_2" } else { "" }
+    );
+    Ok(())
 }

@@ -759,3 +759,57 @@ fn sd_lora_convert_round_trips_give_the_same_images() {
     ]);
     assert_fails(&o, 1, &["kohya.safetensors", "--model"]);
 }
+
+#[test]
+fn sd_lora_merge_writes_a_folder_that_renders_like_the_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fx("sd_pipeline_tiny");
+    let lora = dir.path().join("lora.safetensors");
+    kohya_lora(
+        &lora,
+        &[
+            (
+                "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q",
+                8,
+                8,
+            ),
+            ("lora_unet_down_blocks_0_attentions_0_proj_in", 8, 8),
+            (
+                "lora_te_text_model_encoder_layers_0_self_attn_v_proj",
+                16,
+                16,
+            ),
+        ],
+    );
+    let args = [
+        "--prompt", "a cat", "--seed", "3", "--steps", "3", "--width", "32", "--height", "32",
+    ];
+    let render = |name: &str, model: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let o = sample(model, &out, &[&args[..], extra].concat());
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        read_png(&png_files(&out)[0]).2
+    };
+    let want = render("lora", &model, &["--lora", lora.to_str().unwrap()]);
+    let merged = dir.path().join("merged");
+    let o = run(&[
+        "lora",
+        "merge",
+        "--model",
+        &model,
+        "--lora",
+        lora.to_str().unwrap(),
+        "--out",
+        merged.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("unet, text_encoder"), "{}", stderr(&o));
+    let got = render("merged", merged.to_str().unwrap(), &[]);
+    let worst = common::max_byte_diff(&got, &want);
+    assert!(
+        worst <= 1,
+        "the merged folder differs from the adapter by {worst} levels"
+    );
+    let base = render("base", &model, &[]);
+    assert!(base.iter().zip(&want).any(|(a, b)| a != b));
+}

@@ -595,12 +595,7 @@ fn lora_convert_and_merge_reproduce_sampling_with_the_adapter() {
             nano.to_str().unwrap(),
         ],
     );
-    let worst = got
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| a.abs_diff(*b))
-        .max()
-        .unwrap();
+    let worst = common::max_byte_diff(&got, &want);
     assert!(
         worst <= 1,
         "merged weights differ from the adapter by {worst} levels"

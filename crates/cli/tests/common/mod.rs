@@ -80,6 +80,16 @@ pub fn read_png(path: &Path) -> (usize, usize, Vec<u8>, Vec<(String, String)>) {
 
 /// Largest difference (in 8-bit levels) between PNG pixels and a golden `[3, H, W]` image in
 /// [0, 1] (diffusers `output_type="pt"`), image `index` of the batch.
+/// The largest per-value difference between two 8-bit images.
+pub fn max_byte_diff(a: &[u8], b: &[u8]) -> u8 {
+    assert_eq!(a.len(), b.len(), "images of different sizes");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| x.abs_diff(*y))
+        .max()
+        .unwrap_or(0)
+}
+
 pub fn max_level_diff(png: &[u8], golden: &[f32], index: usize, h: usize, w: usize) -> i32 {
     let plane = h * w;
     let g = &golden[index * 3 * plane..(index + 1) * 3 * plane];

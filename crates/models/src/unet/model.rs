@@ -46,8 +46,9 @@ pub struct UNet2DConditionModel {
     pub conv_out: Conv2d,
     #[module(skip)]
     pub config: UNet2DConditionConfig,
-    /// Every parameter's diffusers name by module path (whatever the file's layout), for
-    /// matching adapters.
+    /// Every parameter's diffusers name by module path (whatever the file's layout), with its
+    /// storage orientation: for matching adapters and exporting in diffusers layout (a 1×1
+    /// convolution kept as a linear map exports 2-D).
     #[module(skip)]
     pub names: ParamKeys,
 }
@@ -105,7 +106,7 @@ impl UNet2DConditionModel {
             .map_err(|r| Error::config(set.origin(), r))?;
         let w = WeightLoader::new(set, device).with_prefix(prefix);
         let mut model = Self::build(&w, config)?;
-        let names = ParamKeys::of_names(&model, &w.names());
+        let names = ParamKeys::of(&model, &w.canonical_keys());
         model.names = names.clone();
         w.finish()?;
         Ok((model, names))
@@ -146,7 +147,7 @@ impl UNet2DConditionModel {
             .with_prefix(prefix)
             .with_key_map(ldm_key_map(&config));
         let mut model = Self::build(&w, config)?;
-        let names = ParamKeys::of_names(&model, &w.names());
+        let names = ParamKeys::of(&model, &w.canonical_keys());
         model.names = names.clone();
         w.finish()?;
         Ok((model, names))

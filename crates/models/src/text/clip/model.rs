@@ -33,7 +33,8 @@ pub struct ClipTextModel {
     #[module(skip)]
     pub config: ClipTextConfig,
     /// Every parameter's transformers name (`text_model.encoder.layers.0.self_attn.q_proj.weight`,
-    /// whatever the file's layout or prefix) by module path, for matching adapters.
+    /// whatever the file's layout or prefix) by module path, with its storage orientation: for
+    /// matching adapters and exporting in transformers layout.
     #[module(skip)]
     pub names: ParamKeys,
 }
@@ -230,17 +231,16 @@ impl ClipTextModel {
     /// (`""` gets the `text_model.` prefix transformers uses).
     pub fn with_names(mut self, w: &WeightLoader, tower: &str) -> Self {
         let names: Vec<_> = w
-            .names()
+            .canonical_keys()
             .into_iter()
-            .map(|(id, n)| {
-                if tower.is_empty() && !n.starts_with("text_projection") {
-                    (id, format!("{TEXT_MODEL_PREFIX}{n}"))
-                } else {
-                    (id, n)
+            .map(|(id, mut k)| {
+                if tower.is_empty() && !k.key.starts_with("text_projection") {
+                    k.key = format!("{TEXT_MODEL_PREFIX}{}", k.key);
                 }
+                (id, k)
             })
             .collect();
-        self.names = ParamKeys::of_names(&self, &names);
+        self.names = ParamKeys::of(&self, &names);
         self
     }
 
