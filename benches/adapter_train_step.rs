@@ -31,22 +31,9 @@ use dreamforge_subject::{Method, SubjectConfig, init_adapters};
 use dreamforge_train::objective::mse;
 use dreamforge_train::train_step;
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+mod common;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
+use common::{env_usize, median};
 
 fn vm_hwm_bytes() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;

@@ -31,22 +31,9 @@ use dreamforge_train::train_step;
 
 const WARMUP: usize = 2;
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+mod common;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
+use common::{env_usize, median};
 
 /// Forward FLOPs of the FLUX transformer for ONE sample with `l` image and `t` text tokens.
 /// A multiply-add counts 2; only matmuls (linear layers, QKᵀ, AV) are counted — norms,
