@@ -54,6 +54,7 @@ fn the_shipped_nano_model_paints_the_prompted_background_as_the_judge_reads_it()
             height: SIDE,
             num_images: 1,
             seed: 100 + i as u64,
+            image_seeds: Vec::new(),
             max_sequence_length: 16,
             noise: None,
             init: None,

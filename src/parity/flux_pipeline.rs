@@ -61,6 +61,7 @@ pub fn run(fx: &Fixture, device: &Device) -> Result<Vec<Outcome>, String> {
                 height: field(case, "height")?,
                 num_images: field(case, "num_images")?,
                 seed: 0,
+                image_seeds: Vec::new(),
                 max_sequence_length: field(case, "max_sequence_length")?,
                 noise: Some(noise),
                 init,

@@ -117,6 +117,7 @@ pub fn run(fx: &Fixture, device: &Device) -> Result<Vec<Outcome>, String> {
                 height,
                 num_images: field(case, "num_images")?,
                 seed: 0,
+                image_seeds: Vec::new(),
                 noise: Some(noise),
                 init,
             };

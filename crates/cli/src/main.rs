@@ -6,6 +6,7 @@ mod eval;
 mod lora;
 mod models;
 mod nano;
+mod render;
 mod sample;
 mod train;
 
@@ -28,6 +29,8 @@ struct Cli {
 enum Command {
     /// Generate images from a prompt.
     Sample(Box<sample::SampleArgs>),
+    /// Render a manifest of jobs (JSONL / TOML), sharded over a fleet, resumable.
+    Render(Box<render::RenderArgs>),
     /// Inspect model files and folders.
     Models {
         #[command(subcommand)]
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Sample(args) => sample::run(*args),
+        Command::Render(args) => render::run(*args),
         Command::Models { command } => models::run(command),
         Command::Nano { command } => nano::run(command),
         Command::Eval(a) => eval::run(a),
@@ -86,8 +90,11 @@ fn keep_freed_memory() {
     }
 }
 
-/// 1 for bad input, 2 for runtime failures, 130 for Ctrl-C.
+/// 1 for bad input, 2 for runtime failures, 130 for Ctrl-C; `render` picks its own (75, 3).
 fn exit_code(e: &anyhow::Error) -> u8 {
+    if let Some(render::ExitWith(code, _)) = e.downcast_ref::<render::ExitWith>() {
+        return *code;
+    }
     match e.downcast_ref::<dreamforge_core::Error>() {
         Some(dreamforge_core::Error::Interrupted) => 130,
         Some(err) if err.is_input_error() => 1,
@@ -98,7 +105,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 }
 
 /// The error and its causes on one line.
-fn one_line(e: &anyhow::Error) -> String {
+pub(crate) fn one_line(e: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     for cause in e.chain() {
         let s = cause.to_string().replace('\n', " ");

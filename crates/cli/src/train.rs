@@ -260,6 +260,7 @@ impl Base {
                     height: side,
                     num_images: 1,
                     seed,
+                    image_seeds: Vec::new(),
                     max_sequence_length: if distilled { 512 } else { 256 },
                     noise: None,
                     init: None,
@@ -283,6 +284,7 @@ impl Base {
                     height: side,
                     num_images: 1,
                     seed,
+                    image_seeds: Vec::new(),
                     noise: None,
                     init: None,
                 };

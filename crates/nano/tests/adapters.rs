@@ -82,6 +82,7 @@ fn adapter_files_apply_at_sampling_and_tlora_masks_follow_the_steps() {
         height: 16,
         num_images: 1,
         seed: 7,
+        image_seeds: Vec::new(),
         max_sequence_length: 16,
         noise: None,
         init: None,

@@ -127,6 +127,7 @@ fn a_trained_tiny_nano_model_exports_as_a_flux_pipeline_that_samples() {
         height: 16,
         num_images: 2,
         seed: 7,
+        image_seeds: Vec::new(),
         max_sequence_length: 16,
         noise: None,
         init: None,

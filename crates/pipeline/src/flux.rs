@@ -39,14 +39,27 @@ pub struct FluxRequest {
     pub width: usize,
     pub height: usize,
     pub num_images: usize,
-    /// Image `i` draws its noise from `seed + i`.
+    /// Image `i` draws its noise from `seed + i`, or from `image_seeds[i]` when given.
     pub seed: u64,
+    /// Per-image seeds (empty: `seed + i`); lets one batch hold seeds that are not
+    /// consecutive.
+    pub image_seeds: Vec<u64>,
     /// T5 context length (512 for dev, 256 for schnell).
     pub max_sequence_length: usize,
     /// Initial latents instead of seeded noise: packed `[B, L, C]` or unpacked `[B, C, H, W]`.
     pub noise: Option<HostTensor>,
     /// img2img (`FluxImg2ImgPipeline`) / inpainting (`FluxInpaintPipeline`) input.
     pub init: Option<InitImage>,
+}
+
+impl FluxRequest {
+    /// The seed of image `i`.
+    pub fn image_seed(&self, i: usize) -> u64 {
+        self.image_seeds
+            .get(i)
+            .copied()
+            .unwrap_or(self.seed + i as u64)
+    }
 }
 
 /// A generation's result: images in [-1, 1], `[B, 3, H, W]`, and warnings (e.g. truncation).
@@ -202,6 +215,13 @@ impl FluxPipeline {
 
     /// Checks the request before any heavy work: sizes, steps, a noise tensor's shape, memory.
     pub fn validate(&self, r: &FluxRequest) -> Result<()> {
+        if !r.image_seeds.is_empty() && r.image_seeds.len() != r.num_images {
+            return Err(Error::InvalidInput(format!(
+                "{} per-image seeds for {} images",
+                r.image_seeds.len(),
+                r.num_images
+            )));
+        }
         let m = self.vae_scale_factor() * 2;
         if r.width == 0
             || r.height == 0
@@ -351,7 +371,7 @@ impl FluxPipeline {
             ))),
             None => {
                 let per: Vec<f32> = (0..b)
-                    .flat_map(|i| randn(r.seed + i as u64, &[1, c, h, w]).data)
+                    .flat_map(|i| randn(r.image_seed(i), &[1, c, h, w]).data)
                     .collect();
                 Ok(pack(
                     HostTensor::new(vec![b, c, h, w], per).to_device(&self.device),

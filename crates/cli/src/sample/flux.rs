@@ -7,14 +7,10 @@ use dreamforge_core::Error;
 use dreamforge_pipeline::family::check_components_family;
 use dreamforge_pipeline::{FluxComponents, FluxPipeline, FluxRequest};
 
-use super::{Ctx, LoraFiles, Rendered, SampleArgs, init_image, model_name, output_size};
+use super::{Ctx, Rendered, SampleArgs, init_image, model_name, output_size};
 
-pub(crate) fn run(
-    a: &SampleArgs,
-    ctx: &Ctx,
-    init_size: Option<(usize, usize)>,
-    t0: Instant,
-) -> anyhow::Result<Option<Rendered>> {
+/// Refuses flags that only mean something for Stable Diffusion.
+pub(crate) fn check_flags(a: &SampleArgs) -> anyhow::Result<()> {
     for (flag, given) in [
         ("--sampler", a.sampler.is_some()),
         ("--clip-skip", a.clip_skip.is_some()),
@@ -30,14 +26,29 @@ pub(crate) fn run(
             .into());
         }
     }
+    Ok(())
+}
+
+/// Resolves the components of `a.model` and loads the pipeline.
+pub(crate) fn load(a: &SampleArgs, ctx: &Ctx) -> anyhow::Result<FluxPipeline> {
+    check_flags(a)?;
     if let Some(c) = &ctx.overrides.components {
         check_components_family(c, true)?;
     }
     let comps = FluxComponents::resolve(&a.model, &ctx.overrides)?;
-    let loras = LoraFiles::read(a)?;
-    let mut pipe = FluxPipeline::load(&comps, &ctx.device)?;
-    let unmatched = pipe.set_adapters(&loras.adapters())?;
-    let adapter_warnings = loras.check(&unmatched, "this FLUX transformer")?;
+    Ok(FluxPipeline::load(&comps, &ctx.device)?)
+}
+
+/// One request with the loaded pipeline (adapters already set; `lora_meta` describes them).
+pub(crate) fn generate(
+    pipe: &FluxPipeline,
+    a: &SampleArgs,
+    ctx: &Ctx,
+    lora_meta: Vec<serde_json::Value>,
+    init_size: Option<(usize, usize)>,
+    t0: Instant,
+) -> anyhow::Result<Option<Rendered>> {
+    check_flags(a)?;
     let distilled = pipe.transformer.config.guidance_embeds;
     // A single-file or component-folder model takes the sampling defaults of its
     // --components pipeline.
@@ -67,8 +78,13 @@ pub(crate) fn run(
             .unwrap_or(if distilled { 28 } else { 4 }),
         width,
         height,
-        num_images: a.num_images,
+        num_images: if a.seeds.is_empty() {
+            a.num_images
+        } else {
+            a.seeds.len()
+        },
         seed: ctx.seed,
+        image_seeds: a.seeds.clone(),
         max_sequence_length: a
             .max_sequence_length
             .unwrap_or(if distilled { 512 } else { 256 }),
@@ -89,14 +105,12 @@ pub(crate) fn run(
     }
     let bar = ctx.bar(a.quiet, req.steps);
     let out = pipe.generate(&req, ctx.on_step(&bar))?;
-    bar.finish_and_clear();
-    let Some(mut out) = out else {
+    ctx.finish(&bar);
+    let Some(out) = out else {
         return Ok(None);
     };
-    out.warnings.extend(adapter_warnings);
     let model = model_name(&a.model);
     let common = ctx.metadata(a);
-    let lora_meta = loras.metadata();
     let r2 = req.clone();
     let steps = req.steps;
     Ok(Some(Rendered {

@@ -5,7 +5,7 @@
 //! partial files.
 
 pub(crate) mod flux;
-mod sd;
+pub(crate) mod sd;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -123,6 +123,56 @@ pub struct SampleArgs {
     /// Hide the progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Per-image seeds (render jobs): one batch of `seeds.len()` images, image i from
+    /// `seeds[i]`; empty = `--seed` + i for `--num-images` images.
+    #[arg(skip)]
+    pub seeds: Vec<u64>,
+}
+
+/// A loaded pipeline of either family.
+pub(crate) enum Loaded {
+    Flux(Box<dreamforge_pipeline::FluxPipeline>),
+    Sd(Box<dreamforge_pipeline::SdPipeline>),
+}
+
+impl Loaded {
+    /// Detects the family of `a.model` and loads it (family-specific flags checked first).
+    pub fn load(a: &SampleArgs, ctx: &Ctx) -> anyhow::Result<Self> {
+        Ok(match detect_family(&a.model)? {
+            ModelFamily::Flux => Self::Flux(Box::new(flux::load(a, ctx)?)),
+            ModelFamily::Sd(source) => Self::Sd(Box::new(sd::load(a, ctx, source)?)),
+        })
+    }
+
+    /// Uses `loras` from now on (replacing any set before; none = the base model); returns
+    /// warnings about layers that matched nothing.
+    pub fn set_adapters(&mut self, loras: &LoraFiles) -> anyhow::Result<Vec<String>> {
+        match self {
+            Self::Flux(p) => {
+                let unmatched = p.set_adapters(&loras.adapters())?;
+                loras.check(&unmatched, "this FLUX transformer")
+            }
+            Self::Sd(p) => {
+                let unmatched = p.set_adapters(&loras.adapters())?;
+                loras.check(&unmatched, "this UNet or its text encoders")
+            }
+        }
+    }
+
+    /// One request; `Ok(None)` after Ctrl-C.
+    pub fn generate(
+        &self,
+        a: &SampleArgs,
+        ctx: &Ctx,
+        lora_meta: Vec<serde_json::Value>,
+        init_size: Option<(usize, usize)>,
+        t0: Instant,
+    ) -> anyhow::Result<Option<Rendered>> {
+        match self {
+            Self::Flux(p) => flux::generate(p, a, ctx, lora_meta, init_size, t0),
+            Self::Sd(p) => sd::generate(p, a, ctx, lora_meta, init_size, t0),
+        }
+    }
 }
 
 /// The `--lora` files, read before the model loads (a bad file fails fast).
@@ -244,10 +294,17 @@ pub(crate) struct Ctx {
     pub noise: Option<HostTensor>,
     pub stop: Arc<AtomicBool>,
     pub overrides: ComponentOverrides,
+    /// A step bar owned by the caller (render's multi-bar), used instead of a new one.
+    pub step_bar: Option<ProgressBar>,
 }
 
 impl Ctx {
     pub fn bar(&self, quiet: bool, steps: usize) -> ProgressBar {
+        if let Some(b) = &self.step_bar {
+            b.reset();
+            b.set_length(steps as u64);
+            return b.clone();
+        }
         let bar = if quiet {
             ProgressBar::hidden()
         } else {
@@ -261,6 +318,13 @@ impl Ctx {
             .progress_chars("=> "),
         );
         bar
+    }
+
+    /// Clears a bar made by [`Self::bar`] (a caller's shared bar stays).
+    pub fn finish(&self, bar: &ProgressBar) {
+        if self.step_bar.is_none() {
+            bar.finish_and_clear();
+        }
     }
 
     pub fn stopped(&self) -> bool {
@@ -358,17 +422,18 @@ pub fn run(mut a: SampleArgs) -> anyhow::Result<()> {
         noise,
         stop,
         overrides,
+        step_bar: None,
     };
-    let family = detect_family(&a.model)?;
     let t0 = Instant::now();
-    let rendered = match family {
-        ModelFamily::Flux => flux::run(&a, &ctx, init_size, t0)?,
-        ModelFamily::Sd(source) => sd::run(&a, &ctx, source, init_size, t0)?,
-    };
-    let Some(r) = rendered else {
+    // Adapter files are read before the model loads: a bad file fails fast.
+    let loras = LoraFiles::read(&a)?;
+    let mut pipe = Loaded::load(&a, &ctx)?;
+    let mut warnings = pipe.set_adapters(&loras)?;
+    let Some(r) = pipe.generate(&a, &ctx, loras.metadata(), init_size, t0)? else {
         return Err(Error::Interrupted.into());
     };
-    for w in &r.warnings {
+    warnings.extend(r.warnings.iter().cloned());
+    for w in &warnings {
         eprintln!("warning: {w}");
     }
     let [b, _, h, w] = [
@@ -381,7 +446,7 @@ pub fn run(mut a: SampleArgs) -> anyhow::Result<()> {
     for i in 0..b {
         let img = RgbImage::from_chw_signed(&r.images.data[i * plane..(i + 1) * plane], h, w)
             .upscaled_nearest(a.upscale);
-        let image_seed = ctx.seed + i as u64;
+        let image_seed = a.seeds.get(i).copied().unwrap_or(ctx.seed + i as u64);
         let params = (r.parameters)(image_seed);
         let json = (r.json)(image_seed);
         let path = next_free_path(&a.out, image_seed);

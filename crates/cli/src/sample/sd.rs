@@ -9,7 +9,7 @@ use dreamforge_pipeline::family::check_components_family;
 use dreamforge_pipeline::{SdComponents, SdFamily, SdPipeline, SdRequest, SdSource};
 use dreamforge_sampling::{Parameterization, SamplerKind};
 
-use super::{Ctx, LoraFiles, Rendered, SampleArgs, init_image, model_name, output_size};
+use super::{Ctx, Rendered, SampleArgs, init_image, model_name, output_size};
 
 /// A1111's names for the samplers.
 fn a1111_sampler(k: SamplerKind) -> &'static str {
@@ -22,13 +22,8 @@ fn a1111_sampler(k: SamplerKind) -> &'static str {
     }
 }
 
-pub(crate) fn run(
-    a: &SampleArgs,
-    ctx: &Ctx,
-    source: SdSource,
-    init_size: Option<(usize, usize)>,
-    t0: Instant,
-) -> anyhow::Result<Option<Rendered>> {
+/// Refuses flags that only mean something for FLUX.
+pub(crate) fn check_flags(a: &SampleArgs) -> anyhow::Result<()> {
     for (flag, given) in [
         ("--true-cfg", a.true_cfg.is_some()),
         ("--max-sequence-length", a.max_sequence_length.is_some()),
@@ -41,7 +36,11 @@ pub(crate) fn run(
             .into());
         }
     }
-    // Parse names before loading anything.
+    Ok(())
+}
+
+/// The sampler and prediction-type overrides, parsed.
+fn parse_names(a: &SampleArgs) -> anyhow::Result<(Option<SamplerKind>, Option<Parameterization>)> {
     let sampler = a
         .sampler
         .as_deref()
@@ -54,17 +53,33 @@ pub(crate) fn run(
         .map(Parameterization::parse)
         .transpose()
         .map_err(|e| Error::InvalidInput(e.to_string()))?;
+    Ok((sampler, prediction_type))
+}
+
+/// Loads the pipeline (names and flags checked first, before anything heavy).
+pub(crate) fn load(a: &SampleArgs, ctx: &Ctx, source: SdSource) -> anyhow::Result<SdPipeline> {
+    check_flags(a)?;
+    parse_names(a)?;
     if let Some(c) = &ctx.overrides.components {
         check_components_family(c, false)?;
     }
-    let loras = LoraFiles::read(a)?;
-    let mut pipe = SdPipeline::load(
+    Ok(SdPipeline::load(
         &SdComponents::new(source, ctx.overrides.clone()),
         &ctx.device,
-    )?;
-    let unmatched = pipe.set_adapters(&loras.adapters())?;
-    let adapter_warnings = loras.check(&unmatched, "this UNet or its text encoders")?;
-    let lora_meta = loras.metadata();
+    )?)
+}
+
+/// One request with the loaded pipeline (adapters already set; `lora_meta` describes them).
+pub(crate) fn generate(
+    pipe: &SdPipeline,
+    a: &SampleArgs,
+    ctx: &Ctx,
+    lora_meta: Vec<serde_json::Value>,
+    init_size: Option<(usize, usize)>,
+    t0: Instant,
+) -> anyhow::Result<Option<Rendered>> {
+    check_flags(a)?;
+    let (sampler, prediction_type) = parse_names(a)?;
     let sdxl = pipe.family == SdFamily::Sdxl;
     let default_size = pipe.default_size();
     let (width, height) = output_size(a, init_size, pipe.size_multiple(), default_size);
@@ -82,8 +97,13 @@ pub(crate) fn run(
         steps: a.steps.unwrap_or(30),
         width,
         height,
-        num_images: a.num_images,
+        num_images: if a.seeds.is_empty() {
+            a.num_images
+        } else {
+            a.seeds.len()
+        },
         seed: ctx.seed,
+        image_seeds: a.seeds.clone(),
         noise: ctx.noise.clone(),
         init,
     };
@@ -104,11 +124,10 @@ pub(crate) fn run(
     }
     let bar = ctx.bar(a.quiet, req.steps);
     let out = pipe.generate(&req, ctx.on_step(&bar))?;
-    bar.finish_and_clear();
-    let Some(mut out) = out else {
+    ctx.finish(&bar);
+    let Some(out) = out else {
         return Ok(None);
     };
-    out.warnings.extend(adapter_warnings);
     let model = model_name(&a.model);
     let common = ctx.metadata(a);
     let r2 = req.clone();

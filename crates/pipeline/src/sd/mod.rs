@@ -58,12 +58,24 @@ pub struct SdRequest {
     pub height: usize,
     pub num_images: usize,
     /// Image `i` draws its noise from `seed + i` (and its ancestral noise from a stream derived
-    /// from it).
+    /// from it); `image_seeds[i]` instead when given.
     pub seed: u64,
+    /// Per-image seeds (empty: `seed + i`).
+    pub image_seeds: Vec<u64>,
     /// Initial noise instead of seeded noise: `[B, C, h, w]` (before `init_noise_sigma`).
     pub noise: Option<HostTensor>,
     /// img2img / inpainting input.
     pub init: Option<InitImage>,
+}
+
+impl SdRequest {
+    /// The seed of image `i`.
+    pub fn image_seed(&self, i: usize) -> u64 {
+        self.image_seeds
+            .get(i)
+            .copied()
+            .unwrap_or(self.seed + i as u64)
+    }
 }
 
 /// Images in [-1, 1] `[B, 3, H, W]` and warnings.
@@ -206,6 +218,13 @@ impl SdPipeline {
 
     /// Checks a request before any heavy work.
     pub fn validate(&self, r: &SdRequest) -> Result<()> {
+        if !r.image_seeds.is_empty() && r.image_seeds.len() != r.num_images {
+            return Err(Error::InvalidInput(format!(
+                "{} per-image seeds for {} images",
+                r.image_seeds.len(),
+                r.num_images
+            )));
+        }
         let m = self.size_multiple();
         if r.width == 0
             || r.height == 0
@@ -416,7 +435,7 @@ impl SdPipeline {
             ))),
             None => {
                 let per: Vec<f32> = (0..b)
-                    .flat_map(|i| randn(r.seed + i as u64, &[1, c, h, w]).data)
+                    .flat_map(|i| randn(r.image_seed(i), &[1, c, h, w]).data)
                     .collect();
                 Ok(HostTensor::new(vec![b, c, h, w], per).to_device(&self.device))
             }
@@ -572,8 +591,7 @@ impl SdPipeline {
         let step_noise = |i: usize| -> Tensor<4> {
             let per: Vec<f32> = (0..b)
                 .flat_map(|k| {
-                    let s =
-                        (r.seed + k as u64) ^ (0x9E37_79B9_7F4A_7C15u64.wrapping_mul(i as u64 + 1));
+                    let s = r.image_seed(k) ^ (0x9E37_79B9_7F4A_7C15u64.wrapping_mul(i as u64 + 1));
                     randn(s, &[1, c, h, w]).data
                 })
                 .collect();
