@@ -54,7 +54,15 @@ enum Command {
 
 fn main() -> ExitCode {
     keep_freed_memory();
-    let cli = Cli::parse();
+    // Usage errors are bad input (exit 1), not clap's default 2, which here means "a runtime
+    // failure a rerun may not meet".
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 1 } else { 0 });
+        }
+    };
     let result = match cli.command {
         Command::Sample(args) => sample::run(*args),
         Command::Render(args) => render::run(*args),
@@ -90,7 +98,7 @@ fn keep_freed_memory() {
     }
 }
 
-/// 1 for bad input, 2 for runtime failures, 130 for Ctrl-C; `render` picks its own (75, 3).
+/// 1 for bad input, 2 for runtime failures, 130 for Ctrl-C; `render --status` answers 3 for "not done yet".
 fn exit_code(e: &anyhow::Error) -> u8 {
     if let Some(render::ExitWith(code, _)) = e.downcast_ref::<render::ExitWith>() {
         return *code;

@@ -8,7 +8,7 @@
 //! to `OUT/_render/tmp-SHARD/` and renamed into place, then logged; a killed worker leaves no
 //! partial image, and its rerun skips what exists and clears its own temporary folder.
 //! Exit codes: 0 everything done, 1 something failed on its input (a rerun fails the same way),
-//! 75 something failed in a way a rerun may not meet (I/O, device, out of memory; worth a
+//! 2 something failed in a way a rerun may not meet (I/O, device, out of memory; worth a
 //! retry — takes precedence over 1), 130 interrupted; `--status`: 0 complete, 3 not yet.
 
 use std::collections::HashMap;
@@ -623,7 +623,7 @@ impl Worker {
         }
         if t.retryable > 0 {
             return Err(ExitWith(
-                75,
+                2,
                 format!(
                     "{} image(s) failed in a way a rerun may fix; rerun the same command",
                     t.retryable
