@@ -455,13 +455,11 @@ impl Worker {
                 mine.push(img);
             }
         }
-        mine.sort_by(|x, y| {
-            let (jx, jy) = (&plan.jobs[x.job], &plan.jobs[y.job]);
-            (jx.model_key(), jx.adapter_key(), x.job).cmp(&(
-                jy.model_key(),
-                jy.adapter_key(),
-                y.job,
-            ))
+        // Model, then adapter set, then resolution (equal shapes back to back), then job.
+        mine.sort_by_cached_key(|x| {
+            let j = &plan.jobs[x.job];
+            let size = (j.fields.width, j.fields.height);
+            (j.model_key(), j.adapter_key(), size, x.job)
         });
         let overall = self.multi.add(ProgressBar::new(mine.len() as u64));
         overall.set_style(
