@@ -9,7 +9,7 @@ use dreamforge_adapters::{FileAdapter, RankSchedule, at_step, attach_files};
 use dreamforge_core::export::ParamKeys;
 
 use dreamforge_core::{Error, HostTensor, Result, WeightSet, noise::randn, to_host};
-use dreamforge_models::dit::flux::{FluxConfig, FluxInputs, FluxTransformer};
+use dreamforge_models::dit::flux::{FluxConfig, FluxInputs, FluxTransformer, Rope};
 use dreamforge_models::text::clip::ClipTextModel;
 use dreamforge_models::text::t5::T5Encoder;
 use dreamforge_models::text::tokenizer::TextTokenizer;
@@ -355,6 +355,46 @@ impl FluxPipeline {
         Ok((states.repeat_dim(0, n), clip.pooler_output.repeat_dim(0, n)))
     }
 
+    /// The diffusers FLUX schedule for `steps` at `l` image tokens (μ shift when dynamic).
+    pub(crate) fn schedule(
+        &self,
+        steps: usize,
+        l: usize,
+    ) -> Result<dreamforge_sampling::flow_match::Schedule> {
+        let mu = self
+            .scheduler
+            .use_dynamic_shifting
+            .then(|| calculate_shift(l, &self.scheduler));
+        flow_match_schedule(
+            &self.scheduler,
+            steps,
+            Some(&flux_pipeline_sigmas(steps)),
+            mu,
+        )
+        .map_err(|e| Error::InvalidInput(format!("scheduler: {e}")))
+    }
+
+    /// RoPE tables for `t_len` text tokens (ids 0) and the image grid of `h × w` latents.
+    pub(crate) fn rope(&self, t_len: usize, h: usize, w: usize) -> Rope {
+        self.transformer.rope(
+            &vec![0.0; t_len * 3],
+            &image_ids(h / 2, w / 2),
+            &self.device,
+        )
+    }
+
+    /// The adapted transformer with T-LoRA rank masks set for `sigma`, or `None` without
+    /// adapters (use the base).
+    pub(crate) fn adapted_at(&self, sigma: f32) -> Option<FluxTransformer> {
+        self.adapters.as_ref().map(|a| {
+            at_step(
+                a.model.clone(),
+                &a.schedules,
+                progress_from_sigma(sigma as f64),
+            )
+        })
+    }
+
     fn initial_latents(&self, r: &FluxRequest, c: usize, h: usize, w: usize) -> Result<Tensor<3>> {
         let b = r.num_images;
         let l = (h / 2) * (w / 2);
@@ -456,23 +496,9 @@ impl FluxPipeline {
         let noise = self.initial_latents(r, c, h, w)?;
         let l = noise.dims()[1];
         let t_len = states.dims()[1];
-        let rope = self.transformer.rope(
-            &vec![0.0; t_len * 3],
-            &image_ids(h / 2, w / 2),
-            &self.device,
-        );
+        let rope = self.rope(t_len, h, w);
 
-        let mu = self
-            .scheduler
-            .use_dynamic_shifting
-            .then(|| calculate_shift(l, &self.scheduler));
-        let schedule = flow_match_schedule(
-            &self.scheduler,
-            r.steps,
-            Some(&flux_pipeline_sigmas(r.steps)),
-            mu,
-        )
-        .map_err(|e| Error::InvalidInput(format!("scheduler: {e}")))?;
+        let schedule = self.schedule(r.steps, l)?;
         // img2img / inpainting: FluxImg2ImgPipeline.get_timesteps starts at
         // int(max(N − N·strength, 0)) and noises the image latents to that σ.
         let (start, image_latents, mask) = match &r.init {
@@ -506,13 +532,7 @@ impl FluxPipeline {
             // diffusers passes `t / 1000` with t = 1000·σ rounded to f32.
             let t = vec![schedule.timesteps[start + i] / 1000.0; b];
             // Adapters: the per-step pass sets T-LoRA rank masks for this σ.
-            let adapted = self.adapters.as_ref().map(|a| {
-                at_step(
-                    a.model.clone(),
-                    &a.schedules,
-                    progress_from_sigma(sigma as f64),
-                )
-            });
+            let adapted = self.adapted_at(sigma);
             let model = adapted.as_ref().unwrap_or(&self.transformer);
             let run = |s: &Tensor<3>, p: &Tensor<2>| {
                 model.forward(

@@ -11,6 +11,7 @@ use super::{Ctx, Rendered, SampleArgs, init_image, model_name, output_size};
 
 /// Refuses flags that only mean something for Stable Diffusion.
 pub(crate) fn check_flags(a: &SampleArgs) -> anyhow::Result<()> {
+    super::reference::check_flags(a)?;
     for (flag, given) in [
         ("--sampler", a.sampler.is_some()),
         ("--clip-skip", a.clip_skip.is_some()),
@@ -92,6 +93,9 @@ pub(crate) fn generate(
         init,
     };
     pipe.validate(&req)?;
+    let personalization = super::reference::wanted(a)
+        .then(|| super::reference::load(a, pipe, width, height, &mut notices))
+        .transpose()?;
     if !a.quiet {
         eprintln!(
             "loaded {} (FLUX.1) on {} in {:.1}s",
@@ -104,7 +108,13 @@ pub(crate) fn generate(
         }
     }
     let bar = ctx.bar(a.quiet, req.steps);
-    let out = pipe.generate(&req, ctx.on_step(&bar))?;
+    let out = match &personalization {
+        Some(p) => pipe.generate_personalized(&req, p, ctx.on_step(&bar))?,
+        None => pipe.generate(&req, ctx.on_step(&bar))?,
+    };
+    let ref_meta = personalization
+        .as_ref()
+        .map(|p| super::reference::metadata(a, p));
     ctx.finish(&bar);
     let Some(out) = out else {
         return Ok(None);
@@ -135,6 +145,7 @@ pub(crate) fn generate(
                 "mask": init.and_then(|i| i.mask_path.as_ref().map(|m| m.display().to_string())),
                 "strength": init.map(|i| i.strength),
                 "adapters": lora_meta.clone(),
+                "token_replacement": ref_meta.clone(),
             });
             if let Some(o) = v.as_object_mut() {
                 o.extend(common.clone());

@@ -5,6 +5,7 @@
 //! partial files.
 
 pub(crate) mod flux;
+pub(crate) mod reference;
 pub(crate) mod sd;
 
 use std::path::{Path, PathBuf};
@@ -120,6 +121,35 @@ pub struct SampleArgs {
     /// included) so far.
     #[arg(long = "lora", value_name = "PATH[:SCALE]")]
     pub lora: Vec<String>,
+    /// Token replacement (Personalize Anything, FLUX family): a reference image whose subject
+    /// is put into the new image without training; repeat for several subjects. Same size as
+    /// the output: used as is; smaller: pasted at the centre (outpainting); else resized.
+    #[arg(long = "ref", value_name = "IMAGE")]
+    pub refs: Vec<PathBuf>,
+    /// The i-th reference's mask (white = the subject; for inpainting, what to keep), or
+    /// `auto` for a foreground estimate against the border colour [the whole reference].
+    #[arg(long = "ref-mask", value_name = "MASK|auto")]
+    pub ref_masks: Vec<PathBuf>,
+    /// The i-th reference's move, `DX,DY` in pixels (rounded to whole tokens, reported).
+    #[arg(long = "shift", value_name = "DX,DY", allow_hyphen_values = true)]
+    pub shifts: Vec<String>,
+    /// The i-th reference's prompt [""].
+    #[arg(long = "ref-prompt")]
+    pub ref_prompts: Vec<String>,
+    /// Replace tokens while σ > τ; lower keeps more of the reference [0.6, the reference
+    /// notebooks' single-subject value].
+    #[arg(long)]
+    pub tau: Option<f32>,
+    /// Grow (> 0, dilate) or shrink (< 0, erode) every reference mask by N tokens.
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    pub mask_grow: isize,
+    /// Patch perturbation: shuffle each reference's tokens within windows of ±N tokens
+    /// (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub shuffle_radius: usize,
+    /// Seed of the patch perturbation.
+    #[arg(long, default_value_t = 0)]
+    pub perturb_seed: u64,
     /// Hide the progress bar.
     #[arg(long)]
     pub quiet: bool,

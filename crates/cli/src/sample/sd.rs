@@ -24,6 +24,13 @@ fn a1111_sampler(k: SamplerKind) -> &'static str {
 
 /// Refuses flags that only mean something for FLUX.
 pub(crate) fn check_flags(a: &SampleArgs) -> anyhow::Result<()> {
+    if !a.refs.is_empty() {
+        return Err(Error::InvalidInput(format!(
+            "--ref (token replacement) needs a DiT: a FLUX-family model; {} is a UNet (Stable Diffusion) model",
+            a.model.display()
+        ))
+        .into());
+    }
     for (flag, given) in [
         ("--true-cfg", a.true_cfg.is_some()),
         ("--max-sequence-length", a.max_sequence_length.is_some()),

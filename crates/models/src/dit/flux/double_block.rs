@@ -8,6 +8,7 @@ use burn::tensor::activation::silu;
 use dreamforge_core::{Result, WeightLoader};
 
 use super::attention::JointAttention;
+use super::replace::TokenReplace;
 use super::rope::Rope;
 use crate::layers::layer_norm_plain;
 
@@ -83,12 +84,28 @@ impl DoubleBlock {
         temb: Tensor<2>,
         rope: &Rope,
     ) -> (Tensor<3>, Tensor<3>) {
+        self.forward_replacing(img, txt, temb, rope, None)
+    }
+
+    /// [`Self::forward`] with token replacement on the attention input of the image stream.
+    pub fn forward_replacing(
+        &self,
+        img: Tensor<3>,
+        txt: Tensor<3>,
+        temb: Tensor<2>,
+        rope: &Rope,
+        replace: Option<&TokenReplace>,
+    ) -> (Tensor<3>, Tensor<3>) {
         let act = silu(temb);
         let m = chunks(self.norm1.forward(act.clone()), 6);
         let c = chunks(self.norm1_context.forward(act), 6);
         // [shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp]
         let img_n = modulate(img.clone(), m[0].clone(), m[1].clone());
         let txt_n = modulate(txt.clone(), c[0].clone(), c[1].clone());
+        let img_n = match replace {
+            Some(r) => r.apply(img_n),
+            None => img_n,
+        };
         let (img_a, txt_a) = self.attn.forward(img_n, txt_n, rope);
 
         let img = img + m[2].clone() * img_a;

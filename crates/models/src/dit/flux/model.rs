@@ -16,6 +16,7 @@ use super::config::{FluxConfig, FluxKeyFormat, infer_config};
 use super::double_block::{DoubleBlock, modulate};
 use super::embeddings::TimeTextEmbed;
 use super::keys::bfl_key_map;
+use super::replace::TokenReplace;
 use super::rope::{Rope, flux_rope};
 use super::single_block::SingleBlock;
 
@@ -183,6 +184,21 @@ impl FluxTransformer {
     /// # Shapes
     /// see [`FluxInputs`]; rope over `T + L` → `[B, L, out_channels]`
     pub fn forward(&self, inputs: FluxInputs, rope: &Rope) -> Result<Tensor<3>> {
+        self.forward_replacing(inputs, rope, None)
+    }
+
+    /// [`Self::forward`] with token replacement (Personalize Anything) in every double and
+    /// single block: the hook point of [`super::replace`]. `replace`'s token count must be the
+    /// image sequence length.
+    ///
+    /// # Shapes
+    /// as [`Self::forward`]
+    pub fn forward_replacing(
+        &self,
+        inputs: FluxInputs,
+        rope: &Rope,
+        replace: Option<&TokenReplace>,
+    ) -> Result<Tensor<3>> {
         let FluxInputs {
             hidden_states,
             encoder_hidden_states,
@@ -219,12 +235,27 @@ impl FluxTransformer {
             .forward(&t, g.as_deref(), pooled_projections);
         let mut img = self.x_embedder.forward(hidden_states);
         let mut txt = self.context_embedder.forward(encoder_hidden_states);
+        if let Some(r) = replace {
+            let bad_row = std::iter::once(r.target)
+                .chain(r.sources.iter().map(|s| s.row))
+                .find(|&row| row >= b);
+            if let Some(row) = bad_row {
+                return Err(Error::InvalidInput(format!(
+                    "token replacement names batch row {row}, the batch has {b}"
+                )));
+            }
+            if r.sources.iter().any(|s| s.index.dims()[0] != l) {
+                return Err(Error::InvalidInput(format!(
+                    "token replacement is laid out for another image size (the sequence has {l} image tokens)"
+                )));
+            }
+        }
         for block in &self.transformer_blocks {
-            (img, txt) = block.forward(img, txt, temb.clone(), rope);
+            (img, txt) = block.forward_replacing(img, txt, temb.clone(), rope, replace);
         }
         let mut x = Tensor::cat(vec![txt, img], 1);
         for block in &self.single_transformer_blocks {
-            x = block.forward(x, temb.clone(), rope);
+            x = block.forward_replacing(x, temb.clone(), rope, replace.map(|r| (r, t_len)));
         }
         let dim = self.config.inner_dim();
         let img = x.slice([0..b, t_len..t_len + l, 0..dim]);

@@ -11,6 +11,7 @@ use dreamforge_core::{Result, WeightLoader};
 
 use super::attention::QkvProj;
 use super::double_block::{chunks, modulate};
+use super::replace::TokenReplace;
 use super::rope::Rope;
 use crate::layers::sdpa_merge_heads;
 
@@ -48,10 +49,27 @@ impl SingleBlock {
     /// # Shapes
     /// `x: [B, T + L, dim]` (text first), `temb: [B, dim]` → `[B, T + L, dim]`
     pub fn forward(&self, x: Tensor<3>, temb: Tensor<2>, rope: &Rope) -> Tensor<3> {
+        self.forward_replacing(x, temb, rope, None)
+    }
+
+    /// [`Self::forward`] with token replacement on the attention input's image tokens, which
+    /// start after the first `text_len` tokens (`(replace, text_len)`); the MLP branch keeps
+    /// the unmodified tokens.
+    pub fn forward_replacing(
+        &self,
+        x: Tensor<3>,
+        temb: Tensor<2>,
+        rope: &Rope,
+        replace: Option<(&TokenReplace, usize)>,
+    ) -> Tensor<3> {
         let m = chunks(self.norm.forward(silu(temb)), 3); // shift, scale, gate
         let xn = modulate(x.clone(), m[0].clone(), m[1].clone());
         let mlp = crate::layers::gelu_tanh(self.proj_mlp.forward(xn.clone()));
-        let (q, k, v) = self.attn.forward(xn);
+        let xa = match replace {
+            Some((r, text_len)) => r.apply_offset(xn, text_len),
+            None => xn,
+        };
+        let (q, k, v) = self.attn.forward(xa);
         let a = sdpa_merge_heads(rope.apply(q), rope.apply(k), v);
         let h = self.proj_out.forward(Tensor::cat(vec![a, mlp], 2));
         x + m[2].clone() * h

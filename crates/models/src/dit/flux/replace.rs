@@ -1,0 +1,169 @@
+//! The token-replacement hook of the FLUX transformer (Personalize Anything,
+//! `fenghora/personalize-anything:src/attn_processor.py`, `PersonalizeAnythingAttnProcessor` and
+//! its multi-subject variant): in every double and single block, the attention *input* of one
+//! batch row (the post-AdaLN image tokens) has its tokens at chosen positions replaced by
+//! another row's tokens, before Q / K / V. The residual stream and the single blocks' MLP branch
+//! keep the unmodified tokens, as in the reference. The destination positions keep their own
+//! RoPE (the receiving row's position ids), which is how a shift moves a subject.
+//!
+//! This is the one hook point the transformer has; the context is passed per call
+//! ([`super::FluxTransformer::forward_replacing`]), never stored in the model.
+
+use burn::tensor::{Int, Tensor, TensorData};
+
+/// One source row's contribution.
+#[derive(Debug, Clone)]
+pub struct ReplaceSource {
+    /// The batch row the tokens come from.
+    pub row: usize,
+    /// For every image token of the receiving row, the source token index (any value where
+    /// `mask` is 0), `[L]`.
+    pub index: Tensor<1, Int>,
+    /// 1 at the receiving row's replaced positions, else 0, `[1, L, 1]`.
+    pub mask: Tensor<3>,
+}
+
+/// Which row receives which tokens from where.
+#[derive(Debug, Clone)]
+pub struct TokenReplace {
+    /// The receiving batch row (the generation).
+    pub target: usize,
+    pub sources: Vec<ReplaceSource>,
+    /// 1 − Σ masks, `[1, L, 1]`.
+    keep: Tensor<3>,
+}
+
+impl TokenReplace {
+    /// `pairs[i]` lists `(source token, destination token)` pairs taken from row
+    /// `rows[i]`; destinations of different sources must not overlap (checked by the caller
+    /// that builds layouts; an overlap would add two tokens).
+    pub fn new(
+        target: usize,
+        rows: &[usize],
+        pairs: &[Vec<(usize, usize)>],
+        tokens: usize,
+        device: &burn::tensor::Device,
+    ) -> Self {
+        let mut keep = vec![1f32; tokens];
+        let sources = rows
+            .iter()
+            .zip(pairs)
+            .map(|(&row, pairs)| {
+                let mut index = vec![0i64; tokens];
+                let mut mask = vec![0f32; tokens];
+                for &(src, dst) in pairs {
+                    index[dst] = src as i64;
+                    mask[dst] = 1.0;
+                    keep[dst] = 0.0;
+                }
+                ReplaceSource {
+                    row,
+                    index: Tensor::from_data(TensorData::new(index, [tokens]), device),
+                    mask: Tensor::from_data(TensorData::new(mask, [1, tokens, 1]), device),
+                }
+            })
+            .collect();
+        Self {
+            target,
+            sources,
+            keep: Tensor::from_data(TensorData::new(keep, [1, tokens, 1]), device),
+        }
+    }
+
+    /// Image tokens `x` with the target row's masked tokens replaced: exactly the source
+    /// tokens there (`0·x + 1·s + Σ 0·others`), exactly `x` elsewhere.
+    ///
+    /// # Shapes
+    /// `x`: `[B, L, D]` → `[B, L, D]`
+    pub fn apply(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, l, d] = x.dims();
+        let row = |r: usize| x.clone().slice([r..r + 1, 0..l, 0..d]);
+        let mut out = row(self.target) * self.keep.clone();
+        for s in &self.sources {
+            out = out + row(s.row).select(1, s.index.clone()) * s.mask.clone();
+        }
+        let mut rows = Vec::with_capacity(b);
+        for r in 0..b {
+            rows.push(if r == self.target {
+                out.clone()
+            } else {
+                row(r)
+            });
+        }
+        Tensor::cat(rows, 0)
+    }
+
+    /// As [`Self::apply`] on the image part of a `[text; image]` sequence: the image tokens
+    /// start at `offset` (the actual text length, never an assumed 512).
+    ///
+    /// # Shapes
+    /// `x`: `[B, offset + L, D]` → same
+    pub fn apply_offset(&self, x: Tensor<3>, offset: usize) -> Tensor<3> {
+        let [b, s, d] = x.dims();
+        let txt = x.clone().slice([0..b, 0..offset, 0..d]);
+        let img = x.slice([0..b, offset..s, 0..d]);
+        Tensor::cat(vec![txt, self.apply(img)], 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dreamforge_core::test_device;
+
+    #[test]
+    fn replaced_tokens_are_exactly_the_source_tokens() {
+        let dev = test_device();
+        let (b, l, d) = (3, 12, 5);
+        let data: Vec<f32> = (0..b * l * d)
+            .map(|i| ((i * 37 % 101) as f32).sin() * 3.0)
+            .collect();
+        let x = Tensor::<3>::from_data(TensorData::new(data.clone(), [b, l, d]), &dev);
+        // Row 2 receives from rows 0 (tokens 1, 2 → 5, 6) and 1 (token 0 → 11).
+        let r = TokenReplace::new(2, &[0, 1], &[vec![(1, 5), (2, 6)], vec![(0, 11)]], l, &dev);
+        let y: Vec<f32> = r.apply(x).into_data().try_to_vec::<f32>().unwrap();
+        let at = |v: &[f32], row: usize, tok: usize| {
+            v[(row * l + tok) * d..(row * l + tok + 1) * d].to_vec()
+        };
+        for tok in 0..l {
+            let want = match tok {
+                5 => at(&data, 0, 1),
+                6 => at(&data, 0, 2),
+                11 => at(&data, 1, 0),
+                _ => at(&data, 2, tok),
+            };
+            let got = at(&y, 2, tok);
+            assert!(
+                got.iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "token {tok}: {got:?} vs {want:?}"
+            );
+        }
+        // Other rows untouched, bit for bit.
+        assert!(
+            y[..2 * l * d]
+                .iter()
+                .zip(&data)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+        );
+        // With a text prefix: text untouched, image part as above.
+        let t = 4;
+        let xt: Vec<f32> = (0..b * (t + l) * d)
+            .map(|i| (i as f32 * 0.37).cos())
+            .collect();
+        let xs = Tensor::<3>::from_data(TensorData::new(xt.clone(), [b, t + l, d]), &dev);
+        let ys: Vec<f32> = r
+            .apply_offset(xs, t)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let s = |v: &[f32], row: usize, tok: usize| {
+            v[(row * (t + l) + tok) * d..(row * (t + l) + tok + 1) * d].to_vec()
+        };
+        assert_eq!(s(&ys, 2, 2), s(&xt, 2, 2));
+        assert_eq!(s(&ys, 2, t + 5), s(&xt, 0, t + 1));
+        assert_eq!(s(&ys, 2, t + 11), s(&xt, 1, t));
+        assert_eq!(s(&ys, 2, t + 3), s(&xt, 2, t + 3));
+    }
+}
