@@ -14,6 +14,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use burn::module::Module;
 use dreamforge_core::{DeviceSpec, Error};
+use dreamforge_models::dit::flux::FluxTransformer;
+use dreamforge_models::text::clip::ClipTextModel;
 use dreamforge_nano::judge::Judge;
 use dreamforge_nano::judge_train::{JudgeTrainConfig, ground_truth_accuracy, save_judge};
 use dreamforge_nano::model::{NanoKeys, NanoModel, init, write_bundle};
@@ -99,8 +101,16 @@ pub struct PretrainArgs {
     /// Steps between checkpoints (each also exports model/).
     #[arg(long, default_value_t = 100)]
     pub checkpoint_every: u64,
+    /// Probability of leaving out each object's size word and the position in a caption, so
+    /// that shorter prompts are in the model's distribution.
+    #[arg(long, default_value_t = 0.0)]
+    pub attribute_dropout: f64,
+    /// Start from the weights of this nano model folder (e.g. models/nano) instead of a fresh
+    /// init: a continuation with other data settings.
+    #[arg(long)]
+    pub init_from: Option<PathBuf>,
     /// A run config JSON (as written to run_config.json) instead of the flags above.
-    #[arg(long, conflicts_with_all = ["steps", "batch_size", "lr"])]
+    #[arg(long, conflicts_with_all = ["steps", "batch_size", "lr", "attribute_dropout", "init_from"])]
     pub config: Option<PathBuf>,
     /// Continue the run in --out from its checkpoint (the settings must match).
     #[arg(long)]
@@ -344,9 +354,16 @@ fn run_config(a: &PretrainArgs) -> anyhow::Result<PretrainConfig> {
             let mut c = PretrainConfig::new(a.steps);
             c.batch_size = a.batch_size;
             c.lr = a.lr;
+            c.attribute_dropout = a.attribute_dropout;
+            c.init_from = a.init_from.as_ref().map(|p| p.display().to_string());
             c
         }
     };
+    if !(0.0..=1.0).contains(&cfg.attribute_dropout) {
+        bail!(Error::InvalidInput(
+            "--attribute-dropout must be in [0, 1]".into()
+        ));
+    }
     if cfg.steps == 0 || cfg.batch_size == 0 {
         bail!(Error::InvalidInput(
             "steps and batch size must be at least 1".into()
@@ -383,7 +400,19 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
     let tok_dir = a.out.join("tokenizer");
     write_tokenizer(&tok_dir, &cfg.model)?;
-    let (model, keys) = init(&cfg.model, cfg.init_seed, &device)?;
+    let (mut model, keys) = init(&cfg.model, cfg.init_seed, &device)?;
+    if let Some(from) = &cfg.init_from {
+        // Same architecture, same module paths: the fresh model's export keys still apply.
+        let dir = Path::new(from);
+        model.transformer = FluxTransformer::load(
+            &dir.join("transformer"),
+            Some(cfg.model.transformer.clone()),
+            &device,
+        )
+        .with_context(|| format!("--init-from {from}"))?;
+        model.text_encoder = ClipTextModel::load(&dir.join("text_encoder"), &device)
+            .with_context(|| format!("--init-from {from}"))?;
+    }
     let task = Pretrainer::new(cfg.clone(), &tok_dir, &model, &device)?;
     let stop = stop_flag();
     let trainer = Trainer {

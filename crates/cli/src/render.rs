@@ -35,7 +35,8 @@ pub struct RenderArgs {
     /// The manifest: JSONL, one job per line (optional first line `{"defaults": {...}}`), or
     /// TOML (`[defaults]`, `[[job]]`). Fields: prompt, negative_prompt, seed, seeds, count,
     /// width, height, steps, guidance, true_cfg, sampler, clip_skip, model, components,
-    /// adapters, references, output, name. Relative paths are relative to the manifest.
+    /// adapters, references ([{image, mask, shift, prompt}]), tau, output, name. Relative
+    /// paths are relative to the manifest.
     pub manifest: PathBuf,
     /// Output folder (shared by all shards; images go to OUT/<output>/, logs to OUT/_render/).
     #[arg(long)]
@@ -211,8 +212,21 @@ fn job_args(plan: &Plan, job: usize, seeds: &[u64]) -> anyhow::Result<SampleArgs
     opt("sampler", f.sampler.clone());
     opt("clip-skip", f.clip_skip.map(|x| x.to_string()));
     opt("seed", seeds.first().map(|x| x.to_string()));
+    opt("tau", f.tau.map(|x| x.to_string()));
     for (p, s, _) in &j.adapters {
         v.push(format!("--lora={}:{s}", p.display()));
+    }
+    for r in &j.references {
+        v.push(format!("--ref={}", r.image.display()));
+        v.push(format!(
+            "--ref-mask={}",
+            r.mask
+                .as_ref()
+                .map(|m| m.display().to_string())
+                .unwrap_or(r.mask_key.clone())
+        ));
+        v.push(format!("--shift={},{}", r.shift[0], r.shift[1]));
+        v.push(format!("--ref-prompt={}", r.prompt));
     }
     let mut s = Argv::try_parse_from(v)
         .map_err(|e| Error::InvalidInput(format!("{}: {}", j.label, e.render())))?

@@ -399,3 +399,58 @@ fn toml_manifest_defaults_file_and_retryable_exit_code() {
         stderr(&o)
     );
 }
+
+#[test]
+fn references_render_as_sample_ref_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let subj = dir.path().join("subject");
+    let o = run(&[
+        "nano",
+        "subject",
+        "--seed",
+        "2",
+        "--out",
+        subj.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let prompt = "a large sks hexagon on a blue background, top right";
+    let m = dir.path().join("jobs.jsonl");
+    std::fs::write(
+        &m,
+        format!(
+            "{{\"prompt\": \"{prompt}\", \"seed\": 4, \"tau\": 0.2, \"references\": [{{\"image\": \"subject/subject.png\", \"mask\": \"auto\", \"shift\": [-8, 8]}}]}}\n{{\"prompt\": \"{prompt}\", \"seed\": 4, \"tau\": 0.2, \"references\": [{{\"image\": \"subject/subject.png\", \"mask\": \"auto\", \"shift\": [-16, 8]}}]}}\n"
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let o = render(&m, &out, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Another shift is another image.
+    let made: Vec<_> = images_under(&out).into_iter().collect();
+    assert_eq!(made.len(), 2, "{made:?}");
+    let s_out = dir.path().join("sample");
+    let o = run(&[
+        "sample",
+        "--prompt",
+        prompt,
+        "--seed",
+        "4",
+        "--ref",
+        subj.join("subject.png").to_str().unwrap(),
+        "--ref-mask",
+        "auto",
+        "--shift=-8,8",
+        "--tau",
+        "0.2",
+        "--out",
+        s_out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (_, _, b, _) = read_png(&png_files(&s_out)[0]);
+    let diffs: Vec<u8> = made
+        .iter()
+        .map(|p| max_byte_diff(&read_png(&out.join(p)).2, &b))
+        .collect();
+    assert!(diffs.contains(&0) || diffs.contains(&1), "{diffs:?}");
+}

@@ -21,7 +21,7 @@ use dreamforge_pipeline::latents::{image_ids, pack};
 use dreamforge_train::objective::{flow_matching, mse};
 use dreamforge_train::{LrSchedule, OptimizerConfig, Rngs, ScheduleKind, TimestepSampling};
 
-use crate::caption::caption;
+use crate::caption::{caption, caption_with};
 use crate::model::{NanoConfig, NanoModel};
 use crate::render::images;
 use crate::scene::{Scene, sample_scene};
@@ -44,6 +44,15 @@ pub struct PretrainConfig {
     pub timestep_shift: f64,
     /// Probability of training a sample with the empty caption.
     pub caption_dropout: f64,
+    /// Probability of leaving out each optional phrase of a caption — every object's size
+    /// word, and the position — so that prompts stating less ("a red circle on a blue
+    /// background") are in the model's distribution (0 in the first shipped runs).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attribute_dropout: f64,
+    /// A nano model folder whose weights start the run instead of the seeded init (a
+    /// continuation with other data settings); `None` = from scratch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<String>,
     pub init_seed: u64,
     pub data_seed: u64,
     pub noise_seed: u64,
@@ -74,12 +83,18 @@ impl PretrainConfig {
             timesteps: TimestepSampling::default(),
             timestep_shift: 3.0,
             caption_dropout: 0.1,
+            attribute_dropout: 0.0,
+            init_from: None,
             init_seed: 0,
             data_seed: 1,
             noise_seed: 2,
             ema_decay: Some(0.999),
         }
     }
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 /// The per-step batch builder and loss.
@@ -120,7 +135,16 @@ impl Pretrainer {
         for _ in 0..self.config.batch_size {
             let s = sample_scene(rng.random::<u64>(), Some(false));
             let drop = rng.random::<f64>() < self.config.caption_dropout;
-            captions.push(if drop { String::new() } else { caption(&s) });
+            let text = if drop {
+                String::new()
+            } else if self.config.attribute_dropout > 0.0 {
+                let p = self.config.attribute_dropout;
+                let sizes: Vec<bool> = s.objects.iter().map(|_| rng.random::<f64>() >= p).collect();
+                caption_with(&s, &sizes, rng.random::<f64>() >= p)
+            } else {
+                caption(&s)
+            };
+            captions.push(text);
             scenes.push(s);
         }
         (scenes, captions)

@@ -46,8 +46,11 @@ pub struct JobFields {
     pub components: Option<String>,
     /// Adapters with strengths: `"path"`, `"path:0.8"` or `{"path": ..., "scale": 0.8}`.
     pub adapters: Option<Vec<AdapterSpec>>,
-    /// Token-replacement references (Personalize Anything).
+    /// Token-replacement references (Personalize Anything, FLUX family):
+    /// `[{"image": ..., "mask": ..., "shift": [dx, dy], "prompt": ...}]`.
     pub references: Option<Vec<ReferenceSpec>>,
+    /// Token replacement runs while σ > τ (as `sample --tau`).
+    pub tau: Option<f32>,
     /// Sub-folder of the output folder (relative, never leaving it).
     pub output: Option<String>,
 }
@@ -59,7 +62,8 @@ pub struct AdapterSpec {
     pub scale: f64,
 }
 
-/// A reference subject for token replacement.
+/// A reference subject for token replacement (`mask`: a mask image, `auto` or `all`, as
+/// `sample --ref-mask`; `shift` in pixels).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReferenceSpec {
@@ -157,6 +161,7 @@ impl JobFields {
             components: self.components.clone().or(lower.components.clone()),
             adapters: self.adapters.clone().or(lower.adapters.clone()),
             references: self.references.clone().or(lower.references.clone()),
+            tau: self.tau.or(lower.tau),
             output: self.output.clone().or(lower.output.clone()),
         }
     }

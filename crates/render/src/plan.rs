@@ -59,6 +59,8 @@ pub struct Job {
     pub model_fp: String,
     /// (path, strength, fingerprint) per adapter.
     pub adapters: Vec<(PathBuf, f64, String)>,
+    /// Token-replacement references, resolved.
+    pub references: Vec<ResolvedReference>,
     pub key: String,
     pub seeds: Vec<u64>,
     /// The output sub-folder (relative).
@@ -79,6 +81,20 @@ impl Job {
             .collect::<Vec<_>>()
             .join(",")
     }
+}
+
+/// A token-replacement reference with its paths resolved.
+#[derive(Debug, Clone)]
+pub struct ResolvedReference {
+    pub image: PathBuf,
+    pub image_fp: String,
+    /// A mask file; `None` with `mask_key` "all" (the whole reference) or "auto".
+    pub mask: Option<PathBuf>,
+    /// The mask file's fingerprint, or "all" / "auto".
+    pub mask_key: String,
+    /// Pixels.
+    pub shift: [i64; 2],
+    pub prompt: String,
 }
 
 /// One image to exist.
@@ -201,13 +217,6 @@ fn resolve(
             ));
         }
     }
-    if let Some(r) = &f.references
-        && !r.is_empty()
-    {
-        return Err(
-            "`references` need training-free token replacement (Personalize Anything), which this build does not have yet".into(),
-        );
-    }
     for (k, v, lo, hi) in [
         ("width", f.width, 16, 8192),
         ("height", f.height, 16, 8192),
@@ -218,6 +227,11 @@ fn resolve(
         {
             return Err(format!("`{k}` {v} is outside {lo}..={hi}"));
         }
+    }
+    if let Some(t) = f.tau
+        && !(0.0..=1.0).contains(&t)
+    {
+        return Err(format!("`tau` {t} is outside 0..=1"));
     }
     for (k, v) in [("guidance", f.guidance), ("true_cfg", f.true_cfg)] {
         if let Some(v) = v
@@ -257,6 +271,28 @@ fn resolve(
         let afp = fp(&p)?;
         adapters.push((p, a.scale, afp));
     }
+    let mut references = Vec::new();
+    for r in f.references.iter().flatten() {
+        let image = base.join(&r.image);
+        let image_fp = fp(&image)?;
+        let mask = match r.mask.as_deref() {
+            None | Some("all") => (None, "all".to_string()),
+            Some("auto") => (None, "auto".to_string()),
+            Some(m) => {
+                let p = base.join(m);
+                let mfp = fp(&p)?;
+                (Some(p), mfp)
+            }
+        };
+        references.push(ResolvedReference {
+            image,
+            image_fp,
+            mask: mask.0,
+            mask_key: mask.1,
+            shift: r.shift.unwrap_or([0, 0]),
+            prompt: r.prompt.clone().unwrap_or_default(),
+        });
+    }
     let canonical = serde_json::json!({
         "v": 1,
         "prompt": prompt,
@@ -270,6 +306,8 @@ fn resolve(
         "clip_skip": f.clip_skip,
         "model": model_fp,
         "adapters": adapters.iter().map(|(_, s, fp)| serde_json::json!([fp, s])).collect::<Vec<_>>(),
+        "references": references.iter().map(|r| serde_json::json!([r.image_fp, r.mask_key, r.shift, r.prompt])).collect::<Vec<_>>(),
+        "tau": f.tau,
     });
     let key = hex(&Sha256::digest(canonical.to_string()));
     let seeds = match seeds {
@@ -288,6 +326,7 @@ fn resolve(
         components,
         model_fp,
         adapters,
+        references,
         key,
         seeds,
         output,
@@ -410,13 +449,14 @@ mod tests {
                 "{\"prompt\": \"a\", \"adapters\": [\"nope.safetensors\"]}\n",
                 "{\"prompt\": \"a\", \"name\": \"a b\"}\n",
                 "{\"prompt\": \"a\", \"references\": [{\"image\": \"r.png\"}]}\n",
+                "{\"prompt\": \"a\", \"tau\": 2}\n",
                 "{\"prompt\": \"a\", \"seed\": 18446744073709551615, \"count\": 2}\n",
             ),
             &opt,
         );
         assert_eq!(p.jobs.len(), 1);
         assert_eq!(p.images.len(), 2);
-        assert_eq!(p.bad.len(), 12, "{:#?}", p.bad);
+        assert_eq!(p.bad.len(), 13, "{:#?}", p.bad);
         assert!(p.bad.iter().any(|b| b.error.contains("missing")));
         assert!(p.bad.iter().any(|b| b.error.contains("leaves the output")));
     }

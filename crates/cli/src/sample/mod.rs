@@ -126,9 +126,9 @@ pub struct SampleArgs {
     /// the output: used as is; smaller: pasted at the centre (outpainting); else resized.
     #[arg(long = "ref", value_name = "IMAGE")]
     pub refs: Vec<PathBuf>,
-    /// The i-th reference's mask (white = the subject; for inpainting, what to keep), or
-    /// `auto` for a foreground estimate against the border colour [the whole reference].
-    #[arg(long = "ref-mask", value_name = "MASK|auto")]
+    /// The i-th reference's mask (white = the subject; for inpainting, what to keep), `auto`
+    /// for a foreground estimate against the border colour, or `all` [the whole reference].
+    #[arg(long = "ref-mask", value_name = "MASK|auto|all")]
     pub ref_masks: Vec<PathBuf>,
     /// The i-th reference's move, `DX,DY` in pixels (rounded to whole tokens, reported).
     #[arg(long = "shift", value_name = "DX,DY", allow_hyphen_values = true)]

@@ -117,7 +117,12 @@ pub fn load(
     for (i, path) in a.refs.iter().enumerate() {
         let what = format!("--ref {}", path.display());
         let img = RgbImage::read(path)?;
-        let mask_arg = a.ref_masks.get(i).map(|p| p.as_path());
+        // `all` = no mask (lets a later reference have one while this one has none).
+        let mask_arg = a
+            .ref_masks
+            .get(i)
+            .map(|p| p.as_path())
+            .filter(|p| *p != Path::new("all"));
         let auto = mask_arg.is_some_and(|p| p == Path::new("auto"));
         let mask_img = match mask_arg {
             Some(p) if !auto => {
