@@ -94,7 +94,7 @@ pub(crate) fn generate(
     };
     pipe.validate(&req)?;
     let personalization = super::reference::wanted(a)
-        .then(|| super::reference::load(a, pipe, width, height, &mut notices))
+        .then(|| super::reference::load(a, pipe, width, height, defaults.tau, &mut notices))
         .transpose()?;
     if !a.quiet {
         eprintln!(
@@ -161,6 +161,8 @@ pub(crate) fn generate(
 #[derive(Debug, Default, serde::Deserialize)]
 pub(crate) struct SampleDefaults {
     pub steps: Option<usize>,
+    /// Token replacement's τ for this model (the nano model measures best at 0).
+    pub tau: Option<f32>,
     pub true_cfg_scale: Option<f32>,
     pub negative_prompt: Option<String>,
 }

@@ -136,8 +136,8 @@ pub struct SampleArgs {
     /// The i-th reference's prompt [""].
     #[arg(long = "ref-prompt")]
     pub ref_prompts: Vec<String>,
-    /// Replace tokens while σ > τ; lower keeps more of the reference [0.6, the reference
-    /// notebooks' single-subject value].
+    /// Replace tokens while σ > τ; lower keeps more of the reference [the model's own
+    /// default (nano: 0), else 0.6, the reference notebooks' single-subject value].
     #[arg(long)]
     pub tau: Option<f32>,
     /// Grow (> 0, dilate) or shrink (< 0, erode) every reference mask by N tokens.

@@ -17,7 +17,8 @@ use dreamforge_pipeline::{FluxPipeline, Personalization, Reference};
 
 use super::SampleArgs;
 
-/// The default τ: the reference notebooks' single-subject value (0.60).
+/// The default τ: the reference notebooks' single-subject value (0.60), unless the model
+/// folder declares its own (`_dreamforge_sample.tau` in `model_index.json`).
 pub const DEFAULT_TAU: f32 = 0.6;
 
 /// True when `a` asks for token replacement.
@@ -107,6 +108,7 @@ pub fn load(
     pipe: &FluxPipeline,
     width: usize,
     height: usize,
+    default_tau: Option<f32>,
     notices: &mut Vec<String>,
 ) -> Result<Personalization, Error> {
     let (rows, cols) = pipe.token_grid(width, height);
@@ -214,7 +216,7 @@ pub fn load(
     let placed = place_all(&items)?;
     let seed = a.perturb_seed;
     Ok(Personalization {
-        tau: a.tau.unwrap_or(DEFAULT_TAU),
+        tau: a.tau.or(default_tau).unwrap_or(DEFAULT_TAU),
         references: images
             .into_iter()
             .zip(placed)
