@@ -6,7 +6,9 @@
 #   tools/nano/fidelity.sh OUT_DIR [N=200] [MODEL=built-in] [extra `sample` flags...]
 #
 # DREAMFORGE selects the binary (default target/release/dreamforge); SPLIT=--seen samples
-# prompts of seen combinations instead (to tune sampling settings away from the test prompts).
+# prompts of seen combinations instead (to tune sampling settings away from the test prompts);
+# SHORT=1 strips the size words and the position ("a red circle on a blue background"), the
+# partial prompts that only a model pretrained with --attribute-dropout has seen.
 set -euo pipefail
 bin=${DREAMFORGE:-target/release/dreamforge}
 out=$1
@@ -20,7 +22,8 @@ while IFS= read -r prompt; do
   "$bin" sample ${model:+--model "$model"} --prompt "$prompt" --seed $((1000 + i)) \
     --out "$out" --quiet "$@" > /dev/null
   i=$((i + 1))
-done < <("$bin" nano prompts "${SPLIT:---held-out}" --count "$n")
+done < <("$bin" nano prompts "${SPLIT:---held-out}" --count "$n" |
+         if [ -n "${SHORT:-}" ]; then sed -E 's/ (small|large) / /g; s/, [a-z ]+$//'; else cat; fi)
 end=$(date +%s.%N)
 echo "sampled $i images in $(echo "$end - $start" | bc) s (model load included)"
 "$bin" eval --images "$out" --json "$out/eval.json"

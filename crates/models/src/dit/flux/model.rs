@@ -300,6 +300,83 @@ mod init_tests {
         d
     }
 
+    /// Inside the transformer (every double and single block): the generation row's attention
+    /// input holds exactly the reference row's tokens at the destinations and exactly its own
+    /// elsewhere; the reference row is untouched; no replacement (or an empty one) is the
+    /// plain forward, bit for bit.
+    #[test]
+    fn token_replacement_copies_reference_tokens_exactly_in_every_block() {
+        use super::super::replace::{ReplaceProbe, TokenReplace};
+        let d = Device::flex();
+        let (m, _) = FluxTransformer::init(tiny(), 5, &d).unwrap();
+        let (l, t) = (16, 3);
+        let vals =
+            |n: usize, k: f32| -> Vec<f32> { (0..n).map(|i| (i as f32 * k).sin()).collect() };
+        let inputs = || FluxInputs {
+            hidden_states: Tensor::from_data(
+                TensorData::new(vals(2 * l * 12, 0.37), [2, l, 12]),
+                &d,
+            ),
+            encoder_hidden_states: Tensor::from_data(
+                TensorData::new(vals(2 * t * 24, 0.11), [2, t, 24]),
+                &d,
+            ),
+            pooled_projections: Tensor::from_data(TensorData::new(vals(2 * 16, 0.7), [2, 16]), &d),
+            timestep: vec![0.7, 0.7],
+            guidance: None,
+        };
+        let mut ids = vec![0.0; t * 3];
+        for i in 0..4 {
+            for j in 0..4 {
+                ids.extend([0.0, i as f32, j as f32]);
+            }
+        }
+        let rope = flux_rope(&ids, 3, &[2, 2, 4], 10000.0, &d);
+        let pairs = vec![(0, 5), (1, 6), (4, 9), (15, 0)];
+        let probe: ReplaceProbe = Default::default();
+        let r = TokenReplace::new(1, &[0], &[pairs.clone()], l, &d).with_probe(probe.clone());
+        m.forward_replacing(inputs(), &rope, Some(&r)).unwrap();
+        let recs = probe.lock().unwrap();
+        assert_eq!(recs.len(), 1 + 2, "one call per double and single block");
+        for (x, y) in recs.iter() {
+            let dim = x.shape[2];
+            let tok = |h: &dreamforge_core::HostTensor, row: usize, i: usize| {
+                h.data[(row * l + i) * dim..(row * l + i + 1) * dim].to_vec()
+            };
+            let same = |a: Vec<f32>, b: Vec<f32>| {
+                a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits())
+            };
+            for i in 0..l {
+                assert!(
+                    same(tok(y, 0, i), tok(x, 0, i)),
+                    "reference row changed at {i}"
+                );
+                let want = match pairs.iter().find(|(_, dst)| *dst == i) {
+                    Some(&(src, _)) => tok(x, 0, src),
+                    None => tok(x, 1, i),
+                };
+                assert!(same(tok(y, 1, i), want), "generation token {i}");
+            }
+        }
+        assert!(
+            recs.iter().any(|(x, y)| x.data != y.data),
+            "the generation row's attention input changed"
+        );
+        drop(recs);
+        // An empty replacement leaves every attention input as it was, bit for bit.
+        let probe: ReplaceProbe = Default::default();
+        let empty = TokenReplace::new(1, &[0], &[vec![]], l, &d).with_probe(probe.clone());
+        m.forward_replacing(inputs(), &rope, Some(&empty)).unwrap();
+        for (x, y) in probe.lock().unwrap().iter() {
+            assert!(
+                x.data
+                    .iter()
+                    .zip(&y.data)
+                    .all(|(a, b)| a.to_bits() == b.to_bits())
+            );
+        }
+    }
+
     #[test]
     fn a_fresh_flux_model_is_adaln_zero_and_round_trips_through_diffusers_layout() {
         let d = Device::flex();

@@ -9,7 +9,14 @@
 //! This is the one hook point the transformer has; the context is passed per call
 //! ([`super::FluxTransformer::forward_replacing`]), never stored in the model.
 
+use std::sync::{Arc, Mutex};
+
 use burn::tensor::{Int, Tensor, TensorData};
+use dreamforge_core::{HostTensor, to_host};
+
+/// Every `(input, output)` of [`TokenReplace::apply`] in call order (image tokens only), for
+/// tests that look inside the transformer.
+pub type ReplaceProbe = Arc<Mutex<Vec<(HostTensor, HostTensor)>>>;
 
 /// One source row's contribution.
 #[derive(Debug, Clone)]
@@ -31,6 +38,7 @@ pub struct TokenReplace {
     pub sources: Vec<ReplaceSource>,
     /// 1 − Σ masks, `[1, L, 1]`.
     keep: Tensor<3>,
+    probe: Option<ReplaceProbe>,
 }
 
 impl TokenReplace {
@@ -67,7 +75,14 @@ impl TokenReplace {
             target,
             sources,
             keep: Tensor::from_data(TensorData::new(keep, [1, tokens, 1]), device),
+            probe: None,
         }
+    }
+
+    /// Records every application in `probe` (tests).
+    pub fn with_probe(mut self, probe: ReplaceProbe) -> Self {
+        self.probe = Some(probe);
+        self
     }
 
     /// Image tokens `x` with the target row's masked tokens replaced: exactly the source
@@ -90,7 +105,13 @@ impl TokenReplace {
                 row(r)
             });
         }
-        Tensor::cat(rows, 0)
+        let y = Tensor::cat(rows, 0);
+        if let Some(p) = &self.probe {
+            p.lock()
+                .expect("probe lock")
+                .push((to_host(x), to_host(y.clone())));
+        }
+        y
     }
 
     /// As [`Self::apply`] on the image part of a `[text; image]` sequence: the image tokens
