@@ -334,7 +334,8 @@ mod init_tests {
         let rope = flux_rope(&ids, 3, &[2, 2, 4], 10000.0, &d);
         let pairs = vec![(0, 5), (1, 6), (4, 9), (15, 0)];
         let probe: ReplaceProbe = Default::default();
-        let r = TokenReplace::new(1, &[0], &[pairs.clone()], l, &d).with_probe(probe.clone());
+        let r = TokenReplace::new(1, &[0], std::slice::from_ref(&pairs), l, &d)
+            .with_probe(probe.clone());
         m.forward_replacing(inputs(), &rope, Some(&r)).unwrap();
         let recs = probe.lock().unwrap();
         assert_eq!(recs.len(), 1 + 2, "one call per double and single block");
