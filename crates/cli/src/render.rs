@@ -213,6 +213,9 @@ fn job_args(plan: &Plan, job: usize, seeds: &[u64]) -> anyhow::Result<SampleArgs
     opt("clip-skip", f.clip_skip.map(|x| x.to_string()));
     opt("seed", seeds.first().map(|x| x.to_string()));
     opt("tau", f.tau.map(|x| x.to_string()));
+    if f.share_attention == Some(true) {
+        v.push("--share-attention".into());
+    }
     for (p, s, _) in &j.adapters {
         v.push(format!("--lora={}:{s}", p.display()));
     }

@@ -188,6 +188,36 @@ fn two_subjects_land_in_their_places_and_tau_one_changes_nothing() {
     for (with, without) in &errs {
         assert!(*with < 0.75 * without, "{errs:?}");
     }
+    // Attention sharing below τ changes the result (the generation also attends to the
+    // references' tokens); with τ = 1 and sharing off, nothing changes (below).
+    let shared = sample(
+        &dir.path().join("shared"),
+        &[
+            "--prompt",
+            prompt,
+            "--ref",
+            a.to_str().unwrap(),
+            "--ref-mask",
+            "auto",
+            "--tau",
+            "0.5",
+            "--share-attention",
+        ],
+    );
+    let unshared = sample(
+        &dir.path().join("unshared"),
+        &[
+            "--prompt",
+            prompt,
+            "--ref",
+            a.to_str().unwrap(),
+            "--ref-mask",
+            "auto",
+            "--tau",
+            "0.5",
+        ],
+    );
+    assert!(max_byte_diff(&read_png(&shared).2, &read_png(&unshared).2) > 8);
     // τ = 1: replacement never runs; the reference rows change nothing of the generation
     // (float noise of a larger batch only).
     let off = sample(

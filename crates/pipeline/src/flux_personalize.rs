@@ -9,7 +9,8 @@
 //! the wasted transformer calls. Every row has its own prompt (a reference's defaults to "").
 //! While σ > τ, every double and single block replaces the generation row's attention-input
 //! tokens at each reference's destination positions by that reference's tokens
-//! ([`TokenReplace`]); below τ the attention is plain. Only the generation row is stepped
+//! ([`TokenReplace`]); below τ the attention is plain, or shared with the references
+//! (`share_attention`). Only the generation row is stepped
 //! (flow-match Euler, the pipeline's schedule) and decoded. Adapters (LoRA / T-LoRA) and true
 //! CFG apply as in [`FluxPipeline::generate`]; with CFG the negative pass replaces too.
 //! Inpainting (the reference is the image itself, its mask what to keep) and outpainting (the
@@ -42,6 +43,10 @@ pub struct Personalization {
     pub references: Vec<Reference>,
     /// Replacement runs while σ > τ (0 = at every step, 1 = never).
     pub tau: f32,
+    /// Attention sharing while σ ≤ τ: the generation row also attends to the references'
+    /// tokens (their K/V, with the RoPE of where they land) — the paper's late-stage
+    /// "multi-modal attention"; the released code's `concept_process` (off by default there).
+    pub share_attention: bool,
 }
 
 /// The seed of reference `i`'s re-noising Gaussian for the image with `seed`.
@@ -182,8 +187,9 @@ impl FluxPipeline {
                 batch.push(x);
                 let batch = Tensor::cat(batch, 0);
                 let rep = (sigma > p.tau).then_some(&replace);
+                let share = (p.share_attention && sigma <= p.tau).then_some(&replace);
                 let run = |s: &Tensor<3>, pl: &Tensor<2>| -> Result<Tensor<3>> {
-                    let v = model.forward_replacing(
+                    let v = model.forward_personalized(
                         FluxInputs {
                             hidden_states: batch.clone(),
                             encoder_hidden_states: s.clone(),
@@ -193,6 +199,7 @@ impl FluxPipeline {
                         },
                         &rope,
                         rep,
+                        share,
                     )?;
                     let [_, l, d] = v.dims();
                     Ok(v.slice([k..k + 1, 0..l, 0..d]))

@@ -51,6 +51,8 @@ pub struct JobFields {
     pub references: Option<Vec<ReferenceSpec>>,
     /// Token replacement runs while σ > τ (as `sample --tau`).
     pub tau: Option<f32>,
+    /// Attention sharing below τ (as `sample --share-attention`).
+    pub share_attention: Option<bool>,
     /// Sub-folder of the output folder (relative, never leaving it).
     pub output: Option<String>,
 }
@@ -162,6 +164,7 @@ impl JobFields {
             adapters: self.adapters.clone().or(lower.adapters.clone()),
             references: self.references.clone().or(lower.references.clone()),
             tau: self.tau.or(lower.tau),
+            share_attention: self.share_attention.or(lower.share_attention),
             output: self.output.clone().or(lower.output.clone()),
         }
     }

@@ -308,6 +308,7 @@ fn resolve(
         "adapters": adapters.iter().map(|(_, s, fp)| serde_json::json!([fp, s])).collect::<Vec<_>>(),
         "references": references.iter().map(|r| serde_json::json!([r.image_fp, r.mask_key, r.shift, r.prompt])).collect::<Vec<_>>(),
         "tau": f.tau,
+        "share_attention": f.share_attention.unwrap_or(false),
     });
     let key = hex(&Sha256::digest(canonical.to_string()));
     let seeds = match seeds {

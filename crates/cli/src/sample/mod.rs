@@ -150,6 +150,10 @@ pub struct SampleArgs {
     /// Seed of the patch perturbation.
     #[arg(long, default_value_t = 0)]
     pub perturb_seed: u64,
+    /// Once σ ≤ τ, let the image also attend to the references' tokens (their keys and
+    /// values, placed where they land) instead of plain attention.
+    #[arg(long)]
+    pub share_attention: bool,
     /// Hide the progress bar.
     #[arg(long)]
     pub quiet: bool,

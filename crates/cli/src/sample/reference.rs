@@ -36,6 +36,7 @@ pub fn check_flags(a: &SampleArgs) -> Result<(), Error> {
             ("--tau", a.tau.is_some()),
             ("--mask-grow", a.mask_grow != 0),
             ("--shuffle-radius", a.shuffle_radius != 0),
+            ("--share-attention", a.share_attention),
         ] {
             if given {
                 return Err(Error::InvalidInput(format!("{flag} needs a --ref image")));
@@ -217,6 +218,7 @@ pub fn load(
     let seed = a.perturb_seed;
     Ok(Personalization {
         tau: a.tau.or(default_tau).unwrap_or(DEFAULT_TAU),
+        share_attention: a.share_attention,
         references: images
             .into_iter()
             .zip(placed)
@@ -242,6 +244,7 @@ pub fn metadata(a: &SampleArgs, p: &Personalization) -> serde_json::Value {
         "mask_grow": a.mask_grow,
         "shuffle_radius": a.shuffle_radius,
         "perturb_seed": a.perturb_seed,
+        "share_attention": p.share_attention,
         "references": a.refs.iter().enumerate().map(|(i, r)| serde_json::json!({
             "image": r.display().to_string(),
             "mask": a.ref_masks.get(i).map(|m| m.display().to_string()),

@@ -7,6 +7,7 @@ use burn::tensor::Tensor;
 
 use dreamforge_core::{Result, WeightLoader};
 
+use super::replace::TokenReplace;
 use super::rope::Rope;
 use crate::layers::{RmsNorm, sdpa_merge_heads, split_heads};
 
@@ -98,14 +99,29 @@ impl JointAttention {
     /// # Shapes
     /// `img: [B, L, dim]`, `txt: [B, T, dim]`, rope over `T + L` → (`[B, L, dim]`, `[B, T, dim]`)
     pub fn forward(&self, img: Tensor<3>, txt: Tensor<3>, rope: &Rope) -> (Tensor<3>, Tensor<3>) {
+        self.forward_shared(img, txt, rope, None)
+    }
+
+    /// [`Self::forward`] with optional attention sharing (see
+    /// [`TokenReplace::shared_attention`]).
+    pub fn forward_shared(
+        &self,
+        img: Tensor<3>,
+        txt: Tensor<3>,
+        rope: &Rope,
+        share: Option<&TokenReplace>,
+    ) -> (Tensor<3>, Tensor<3>) {
         let [b, t, dim] = txt.dims();
         let l = img.dims()[1];
         let (qi, ki, vi) = self.img.forward(img);
         let (qt, kt, vt) = self.txt.forward(txt);
-        let q = rope.apply(Tensor::cat(vec![qt, qi], 2));
-        let k = rope.apply(Tensor::cat(vec![kt, ki], 2));
+        let q = Tensor::cat(vec![qt, qi], 2);
+        let k = Tensor::cat(vec![kt, ki], 2);
         let v = Tensor::cat(vec![vt, vi], 2);
-        let o = sdpa_merge_heads(q, k, v);
+        let o = match share {
+            Some(r) => r.shared_attention(q, k, v, rope, t),
+            None => sdpa_merge_heads(rope.apply(q), rope.apply(k), v),
+        };
         let txt_o = o.clone().slice([0..b, 0..t, 0..dim]);
         let img_o = o.slice([0..b, t..t + l, 0..dim]);
         (self.to_out.forward(img_o), self.to_add_out.forward(txt_o))

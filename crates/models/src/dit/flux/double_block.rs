@@ -84,10 +84,11 @@ impl DoubleBlock {
         temb: Tensor<2>,
         rope: &Rope,
     ) -> (Tensor<3>, Tensor<3>) {
-        self.forward_replacing(img, txt, temb, rope, None)
+        self.forward_replacing(img, txt, temb, rope, None, None)
     }
 
-    /// [`Self::forward`] with token replacement on the attention input of the image stream.
+    /// [`Self::forward`] with token replacement on the attention input of the image stream
+    /// and / or attention sharing.
     pub fn forward_replacing(
         &self,
         img: Tensor<3>,
@@ -95,6 +96,7 @@ impl DoubleBlock {
         temb: Tensor<2>,
         rope: &Rope,
         replace: Option<&TokenReplace>,
+        share: Option<&TokenReplace>,
     ) -> (Tensor<3>, Tensor<3>) {
         let act = silu(temb);
         let m = chunks(self.norm1.forward(act.clone()), 6);
@@ -106,7 +108,7 @@ impl DoubleBlock {
             Some(r) => r.apply(img_n),
             None => img_n,
         };
-        let (img_a, txt_a) = self.attn.forward(img_n, txt_n, rope);
+        let (img_a, txt_a) = self.attn.forward_shared(img_n, txt_n, rope, share);
 
         let img = img + m[2].clone() * img_a;
         let img_n = modulate(img.clone(), m[3].clone(), m[4].clone());

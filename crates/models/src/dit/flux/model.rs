@@ -187,6 +187,19 @@ impl FluxTransformer {
         self.forward_replacing(inputs, rope, None)
     }
 
+    /// [`Self::forward_replacing`] with, in addition, attention sharing in every block: the
+    /// `share` context's target row also attends to its sources' paired tokens (see
+    /// [`TokenReplace::shared_attention`]).
+    pub fn forward_personalized(
+        &self,
+        inputs: FluxInputs,
+        rope: &Rope,
+        replace: Option<&TokenReplace>,
+        share: Option<&TokenReplace>,
+    ) -> Result<Tensor<3>> {
+        self.forward_inner(inputs, rope, replace, share)
+    }
+
     /// [`Self::forward`] with token replacement (Personalize Anything) in every double and
     /// single block: the hook point of [`super::replace`]. `replace`'s token count must be the
     /// image sequence length.
@@ -198,6 +211,16 @@ impl FluxTransformer {
         inputs: FluxInputs,
         rope: &Rope,
         replace: Option<&TokenReplace>,
+    ) -> Result<Tensor<3>> {
+        self.forward_inner(inputs, rope, replace, None)
+    }
+
+    fn forward_inner(
+        &self,
+        inputs: FluxInputs,
+        rope: &Rope,
+        replace: Option<&TokenReplace>,
+        share: Option<&TokenReplace>,
     ) -> Result<Tensor<3>> {
         let FluxInputs {
             hidden_states,
@@ -235,7 +258,7 @@ impl FluxTransformer {
             .forward(&t, g.as_deref(), pooled_projections);
         let mut img = self.x_embedder.forward(hidden_states);
         let mut txt = self.context_embedder.forward(encoder_hidden_states);
-        if let Some(r) = replace {
+        for r in replace.iter().chain(share.iter()) {
             let bad_row = std::iter::once(r.target)
                 .chain(r.sources.iter().map(|s| s.row))
                 .find(|&row| row >= b);
@@ -251,11 +274,17 @@ impl FluxTransformer {
             }
         }
         for block in &self.transformer_blocks {
-            (img, txt) = block.forward_replacing(img, txt, temb.clone(), rope, replace);
+            (img, txt) = block.forward_replacing(img, txt, temb.clone(), rope, replace, share);
         }
         let mut x = Tensor::cat(vec![txt, img], 1);
         for block in &self.single_transformer_blocks {
-            x = block.forward_replacing(x, temb.clone(), rope, replace.map(|r| (r, t_len)));
+            x = block.forward_replacing(
+                x,
+                temb.clone(),
+                rope,
+                replace.map(|r| (r, t_len)),
+                share.map(|r| (r, t_len)),
+            );
         }
         let dim = self.config.inner_dim();
         let img = x.slice([0..b, t_len..t_len + l, 0..dim]);

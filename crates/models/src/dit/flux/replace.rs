@@ -14,6 +14,9 @@ use std::sync::{Arc, Mutex};
 use burn::tensor::{Int, Tensor, TensorData};
 use dreamforge_core::{HostTensor, to_host};
 
+use super::rope::Rope;
+use crate::layers::sdpa_merge_heads;
+
 /// Every `(input, output)` of [`TokenReplace::apply`] in call order (image tokens only), for
 /// tests that look inside the transformer.
 pub type ReplaceProbe = Arc<Mutex<Vec<(HostTensor, HostTensor)>>>;
@@ -28,6 +31,9 @@ pub struct ReplaceSource {
     pub index: Tensor<1, Int>,
     /// 1 at the receiving row's replaced positions, else 0, `[1, L, 1]`.
     pub mask: Tensor<3>,
+    /// The pairs' source and destination image-token indices, `[n]` each.
+    pub src: Tensor<1, Int>,
+    pub dst: Tensor<1, Int>,
 }
 
 /// Which row receives which tokens from where.
@@ -64,10 +70,17 @@ impl TokenReplace {
                     mask[dst] = 1.0;
                     keep[dst] = 0.0;
                 }
+                let list = |f: fn(&(usize, usize)) -> usize| {
+                    let v: Vec<i64> = pairs.iter().map(|p| f(p) as i64).collect();
+                    let n = v.len();
+                    Tensor::<1, Int>::from_data(TensorData::new(v, [n]), device)
+                };
                 ReplaceSource {
                     row,
                     index: Tensor::from_data(TensorData::new(index, [tokens]), device),
                     mask: Tensor::from_data(TensorData::new(mask, [1, tokens, 1]), device),
+                    src: list(|p| p.0),
+                    dst: list(|p| p.1),
                 }
             })
             .collect();
@@ -112,6 +125,53 @@ impl TokenReplace {
                 .push((to_host(x), to_host(y.clone())));
         }
         y
+    }
+
+    /// Attention of the whole batch in which the target row also attends to every source's
+    /// paired tokens: their keys and values from the source row at the source positions, the
+    /// keys rotated with the RoPE of the destination positions (attention sharing: the paper's
+    /// late-stage "multi-modal attention" with the reference, the released code's
+    /// `concept_process`). `offset` = text tokens before the image tokens in the sequence.
+    ///
+    /// # Shapes
+    /// `q, k, v: [B, H, S, Dh]` before RoPE → `[B, S, H·Dh]`
+    pub fn shared_attention(
+        &self,
+        q: Tensor<4>,
+        k: Tensor<4>,
+        v: Tensor<4>,
+        rope: &Rope,
+        offset: usize,
+    ) -> Tensor<3> {
+        let [b, h, s, dh] = q.dims();
+        let row = |t: &Tensor<4>, r: usize| t.clone().slice([r..r + 1, 0..h, 0..s, 0..dh]);
+        let (qg, kg, vg) = (
+            row(&q, self.target),
+            row(&k, self.target),
+            row(&v, self.target),
+        );
+        let all = sdpa_merge_heads(rope.apply(q), rope.apply(k.clone()), v.clone());
+        let mut ks = vec![rope.apply(kg)];
+        let mut vs = vec![vg];
+        for src in self.sources.iter().filter(|x| x.src.dims()[0] > 0) {
+            let at = |i: &Tensor<1, Int>| i.clone() + offset as i64;
+            ks.push(
+                rope.select(at(&src.dst))
+                    .apply(row(&k, src.row).select(2, at(&src.src))),
+            );
+            vs.push(row(&v, src.row).select(2, at(&src.src)));
+        }
+        let target = sdpa_merge_heads(rope.apply(qg), Tensor::cat(ks, 2), Tensor::cat(vs, 2));
+        let d = h * dh;
+        let mut rows = Vec::with_capacity(b);
+        for r in 0..b {
+            rows.push(if r == self.target {
+                target.clone()
+            } else {
+                all.clone().slice([r..r + 1, 0..s, 0..d])
+            });
+        }
+        Tensor::cat(rows, 0)
     }
 
     /// As [`Self::apply`] on the image part of a `[text; image]` sequence: the image tokens
@@ -186,5 +246,56 @@ mod tests {
         assert_eq!(s(&ys, 2, t + 5), s(&xt, 0, t + 1));
         assert_eq!(s(&ys, 2, t + 11), s(&xt, 1, t));
         assert_eq!(s(&ys, 2, t + 3), s(&xt, 2, t + 3));
+    }
+}
+
+#[cfg(test)]
+mod share_tests {
+    use super::*;
+    use crate::dit::flux::rope::flux_rope;
+    use dreamforge_core::test_device;
+
+    /// Sharing changes the target row only; without pairs it is plain attention.
+    #[test]
+    fn shared_attention_touches_the_target_row_only() {
+        let dev = test_device();
+        let (b, h, t, l, dh) = (2, 2, 3, 4, 8);
+        let s = t + l;
+        let qkv = |k: f32| {
+            let v: Vec<f32> = (0..b * h * s * dh).map(|i| (i as f32 * k).sin()).collect();
+            Tensor::<4>::from_data(TensorData::new(v, [b, h, s, dh]), &dev)
+        };
+        let (q, k, v) = (qkv(0.31), qkv(0.17), qkv(0.53));
+        let mut ids = vec![0.0; t * 3];
+        for i in 0..2 {
+            for j in 0..2 {
+                ids.extend([0.0, i as f32, j as f32]);
+            }
+        }
+        let rope = flux_rope(&ids, 3, &[2, 2, 4], 10000.0, &dev);
+        let plain: Vec<f32> =
+            sdpa_merge_heads(rope.apply(q.clone()), rope.apply(k.clone()), v.clone())
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap();
+        let run = |pairs: Vec<(usize, usize)>| -> Vec<f32> {
+            TokenReplace::new(1, &[0], &[pairs], l, &dev)
+                .shared_attention(q.clone(), k.clone(), v.clone(), &rope, t)
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap()
+        };
+        let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-6);
+        let half = s * h * dh;
+        assert!(close(&run(vec![]), &plain));
+        let shared = run(vec![(0, 3), (1, 2)]);
+        assert!(
+            close(&shared[..half], &plain[..half]),
+            "the reference row changed"
+        );
+        assert!(
+            !close(&shared[half..], &plain[half..]),
+            "the target row did not change"
+        );
     }
 }

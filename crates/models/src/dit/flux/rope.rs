@@ -2,7 +2,7 @@
 //! `get_1d_rotary_pos_embed(..., repeat_interleave_real=True, use_real=True)` in f64, cast to
 //! f32) and `apply_rotary_emb(use_real_unbind_dim=-1)`, which rotates adjacent element pairs.
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 /// cos / sin tables for a sequence of position ids.
 #[derive(Debug, Clone)]
@@ -57,6 +57,19 @@ pub fn flux_rope(
 }
 
 impl Rope {
+    /// The tables of the sequence positions `positions` only (the attention-sharing hook gives
+    /// reference tokens the RoPE of their destination positions).
+    ///
+    /// # Shapes
+    /// `positions: [n]` → tables over `n` positions
+    pub fn select(&self, positions: Tensor<1, Int>) -> Rope {
+        Rope {
+            cos: self.cos.clone().select(2, positions.clone()),
+            sin: self.sin.clone().select(2, positions.clone()),
+            sin_pairs: self.sin_pairs.clone().select(2, positions),
+        }
+    }
+
     /// `x·cos + rot(x)·sin` with `rot` pairing adjacent elements as `(−x_odd, x_even)`.
     ///
     /// # Shapes

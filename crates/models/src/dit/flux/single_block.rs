@@ -49,18 +49,19 @@ impl SingleBlock {
     /// # Shapes
     /// `x: [B, T + L, dim]` (text first), `temb: [B, dim]` → `[B, T + L, dim]`
     pub fn forward(&self, x: Tensor<3>, temb: Tensor<2>, rope: &Rope) -> Tensor<3> {
-        self.forward_replacing(x, temb, rope, None)
+        self.forward_replacing(x, temb, rope, None, None)
     }
 
     /// [`Self::forward`] with token replacement on the attention input's image tokens, which
-    /// start after the first `text_len` tokens (`(replace, text_len)`); the MLP branch keeps
-    /// the unmodified tokens.
+    /// start after the first `text_len` tokens (`(replace, text_len)`; the MLP branch keeps
+    /// the unmodified tokens), and / or attention sharing (`(share, text_len)`).
     pub fn forward_replacing(
         &self,
         x: Tensor<3>,
         temb: Tensor<2>,
         rope: &Rope,
         replace: Option<(&TokenReplace, usize)>,
+        share: Option<(&TokenReplace, usize)>,
     ) -> Tensor<3> {
         let m = chunks(self.norm.forward(silu(temb)), 3); // shift, scale, gate
         let xn = modulate(x.clone(), m[0].clone(), m[1].clone());
@@ -70,7 +71,10 @@ impl SingleBlock {
             None => xn,
         };
         let (q, k, v) = self.attn.forward(xa);
-        let a = sdpa_merge_heads(rope.apply(q), rope.apply(k), v);
+        let a = match share {
+            Some((r, text_len)) => r.shared_attention(q, k, v, rope, text_len),
+            None => sdpa_merge_heads(rope.apply(q), rope.apply(k), v),
+        };
         let h = self.proj_out.forward(Tensor::cat(vec![a, mlp], 2));
         x + m[2].clone() * h
     }
