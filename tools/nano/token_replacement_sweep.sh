@@ -9,7 +9,7 @@
 #   tools/nano/token_replacement_sweep.sh OUT_DIR [SUBJECT_SEEDS] [TAUS]
 #   e.g. tools/nano/token_replacement_sweep.sh runs/tau "1 2 3 4 5 6" "0.0 0.3 0.5 0.7 0.9"
 # Environment: DREAMFORGE (binary, default target/release/dreamforge), SEEDS (image seeds per
-# prompt, default "1 2").
+# prompt, default "1 2"), SHARE=1 (attention sharing below τ: --share-attention; no base row).
 set -euo pipefail
 OUT=${1:?usage: token_replacement_sweep.sh OUT_DIR [SUBJECT_SEEDS] [TAUS]}
 SUBJECTS=${2:-"1 2 3 4 5 6"}
@@ -36,11 +36,14 @@ print(m.group(1), m.group(2), m.group(3), m.group(4).replace(' ', '_'))")"
     echo "a $size sks $shape on $art $c background, $pos" >> "$subj/prompts.txt"
   done
   head -n 4 "$subj/prompts.txt" > "$subj/p4.txt"
-  for tau in base $TAUS; do
+  settings="base $TAUS"
+  [ -n "${SHARE:-}" ] && settings="$TAUS"
+  for tau in $settings; do
     dir="$OUT/images-$s-$tau"
     rm -rf "$dir"
     ref=()
     [ "$tau" != base ] && ref=(--ref "$subj/subject.png" --ref-mask auto --tau "$tau")
+    [ -n "${SHARE:-}" ] && ref+=(--share-attention)
     while IFS= read -r p; do
       for k in $SEEDS; do
         "$DF" sample "${ref[@]}" --prompt "$p" --seed "$k" --out "$dir" --quiet >/dev/null 2>&1
