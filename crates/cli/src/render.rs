@@ -316,7 +316,6 @@ fn dry_run(plan: &Plan, a: &RenderArgs, shard: Shard) -> anyhow::Result<()> {
         shard,
         per_shard[shard.index]
     );
-    let _ = a;
     if problems.is_empty() {
         println!("manifest OK");
         return Ok(());

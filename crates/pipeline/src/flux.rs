@@ -21,6 +21,7 @@ use dreamforge_sampling::{
 
 use crate::components::FluxComponents;
 use crate::conditioning::{InitImage, nearest_resize};
+use crate::guidance::cfg_combine;
 use crate::latents::{image_ids, pack, unpack};
 
 /// CLIP's context length in every FLUX release.
@@ -548,10 +549,7 @@ impl FluxPipeline {
             };
             let v = run(&states, &pooled)?;
             match &cfg {
-                Some((ns, np)) => {
-                    let neg = run(ns, np)?;
-                    Ok(neg.clone() + (v - neg) * r.true_cfg_scale)
-                }
+                Some((ns, np)) => Ok(cfg_combine(run(ns, np)?, v, r.true_cfg_scale)),
                 None => Ok(v),
             }
         };

@@ -23,6 +23,7 @@ use dreamforge_models::dit::flux::{FluxInputs, TokenReplace};
 use dreamforge_sampling::{StepInfo, sample_euler};
 
 use crate::flux::{FluxOutput, FluxPipeline, FluxRequest};
+use crate::guidance::cfg_combine;
 use crate::latents::{pack, unpack};
 
 /// One reference subject.
@@ -206,10 +207,7 @@ impl FluxPipeline {
                 };
                 let v = run(&states, &pooled)?;
                 match &cfg {
-                    Some((ns, np)) => {
-                        let neg = run(ns, np)?;
-                        Ok(neg.clone() + (v - neg) * r.true_cfg_scale)
-                    }
+                    Some((ns, np)) => Ok(cfg_combine(run(ns, np)?, v, r.true_cfg_scale)),
                     None => Ok(v),
                 }
             };

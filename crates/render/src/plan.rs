@@ -200,7 +200,6 @@ fn resolve(
     opt: &PlanOptions,
     fps: &mut HashMap<PathBuf, Result<String, String>>,
 ) -> Result<Job, String> {
-    let _ = label;
     let prompt = f.prompt.clone().ok_or("no `prompt`")?.trim().to_string();
     if prompt.is_empty() {
         return Err("`prompt` is empty".into());

@@ -184,38 +184,18 @@ impl FluxTransformer {
     /// # Shapes
     /// see [`FluxInputs`]; rope over `T + L` → `[B, L, out_channels]`
     pub fn forward(&self, inputs: FluxInputs, rope: &Rope) -> Result<Tensor<3>> {
-        self.forward_replacing(inputs, rope, None)
+        self.forward_personalized(inputs, rope, None, None)
     }
 
-    /// [`Self::forward_replacing`] with, in addition, attention sharing in every block: the
-    /// `share` context's target row also attends to its sources' paired tokens (see
-    /// [`TokenReplace::shared_attention`]).
-    pub fn forward_personalized(
-        &self,
-        inputs: FluxInputs,
-        rope: &Rope,
-        replace: Option<&TokenReplace>,
-        share: Option<&TokenReplace>,
-    ) -> Result<Tensor<3>> {
-        self.forward_inner(inputs, rope, replace, share)
-    }
-
-    /// [`Self::forward`] with token replacement (Personalize Anything) in every double and
-    /// single block: the hook point of [`super::replace`]. `replace`'s token count must be the
-    /// image sequence length.
+    /// [`Self::forward`] through the transformer's one hook point (Personalize Anything,
+    /// [`super::replace`]): in every double and single block, `replace` swaps the target row's
+    /// attention-input tokens for its sources' tokens, and `share` lets the target row also
+    /// attend to its sources' paired tokens ([`TokenReplace::shared_attention`]). Their token
+    /// count must be the image sequence length.
     ///
     /// # Shapes
     /// as [`Self::forward`]
-    pub fn forward_replacing(
-        &self,
-        inputs: FluxInputs,
-        rope: &Rope,
-        replace: Option<&TokenReplace>,
-    ) -> Result<Tensor<3>> {
-        self.forward_inner(inputs, rope, replace, None)
-    }
-
-    fn forward_inner(
+    pub fn forward_personalized(
         &self,
         inputs: FluxInputs,
         rope: &Rope,
@@ -365,7 +345,8 @@ mod init_tests {
         let probe: ReplaceProbe = Default::default();
         let r = TokenReplace::new(1, &[0], std::slice::from_ref(&pairs), l, &d)
             .with_probe(probe.clone());
-        m.forward_replacing(inputs(), &rope, Some(&r)).unwrap();
+        m.forward_personalized(inputs(), &rope, Some(&r), None)
+            .unwrap();
         let recs = probe.lock().unwrap();
         assert_eq!(recs.len(), 1 + 2, "one call per double and single block");
         for (x, y) in recs.iter() {
@@ -396,7 +377,8 @@ mod init_tests {
         // An empty replacement leaves every attention input as it was, bit for bit.
         let probe: ReplaceProbe = Default::default();
         let empty = TokenReplace::new(1, &[0], &[vec![]], l, &d).with_probe(probe.clone());
-        m.forward_replacing(inputs(), &rope, Some(&empty)).unwrap();
+        m.forward_personalized(inputs(), &rope, Some(&empty), None)
+            .unwrap();
         for (x, y) in probe.lock().unwrap().iter() {
             assert!(
                 x.data

@@ -7,7 +7,7 @@
 //! RoPE (the receiving row's position ids), which is how a shift moves a subject.
 //!
 //! This is the one hook point the transformer has; the context is passed per call
-//! ([`super::FluxTransformer::forward_replacing`]), never stored in the model.
+//! ([`super::FluxTransformer::forward_personalized`]), never stored in the model.
 
 use std::sync::{Arc, Mutex};
 
