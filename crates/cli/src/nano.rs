@@ -98,6 +98,10 @@ pub struct PretrainArgs {
     /// Peak learning rate (cosine schedule with warmup).
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
+    /// Share of the steps after warm-up held at the peak rate before the cosine decay
+    /// (warmup-stable-decay; 0 = the decay spans the whole run).
+    #[arg(long, default_value_t = 0.0)]
+    pub stable_fraction: f64,
     /// Steps between checkpoints (each also exports model/).
     #[arg(long, default_value_t = 100)]
     pub checkpoint_every: u64,
@@ -110,7 +114,7 @@ pub struct PretrainArgs {
     #[arg(long)]
     pub init_from: Option<PathBuf>,
     /// A run config JSON (as written to run_config.json) instead of the flags above.
-    #[arg(long, conflicts_with_all = ["steps", "batch_size", "lr", "attribute_dropout", "init_from"])]
+    #[arg(long, conflicts_with_all = ["steps", "batch_size", "lr", "stable_fraction", "attribute_dropout", "init_from"])]
     pub config: Option<PathBuf>,
     /// Continue the run in --out from its checkpoint (the settings must match).
     #[arg(long)]
@@ -355,6 +359,13 @@ fn run_config(a: &PretrainArgs) -> anyhow::Result<PretrainConfig> {
             c.batch_size = a.batch_size;
             c.lr = a.lr;
             c.attribute_dropout = a.attribute_dropout;
+            if !(0.0..1.0).contains(&a.stable_fraction) {
+                bail!(Error::InvalidInput(
+                    "--stable-fraction must be in [0, 1)".into()
+                ));
+            }
+            let after_warmup = c.steps - c.schedule.warmup_steps.min(c.steps);
+            c.schedule.stable_steps = (after_warmup as f64 * a.stable_fraction).round() as u64;
             c.init_from = a.init_from.as_ref().map(|p| p.display().to_string());
             c
         }

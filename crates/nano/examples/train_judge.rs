@@ -18,6 +18,7 @@ fn main() {
     let sched = LrSchedule {
         kind: ScheduleKind::Cosine,
         warmup_steps: steps / 20,
+        stable_steps: 0,
         total_steps: steps,
         min_lr_ratio: 0.05,
     };

@@ -48,6 +48,7 @@ impl JudgeTrainConfig {
             schedule: LrSchedule {
                 kind: ScheduleKind::Cosine,
                 warmup_steps: steps / 20,
+                stable_steps: 0,
                 total_steps: steps,
                 min_lr_ratio: 0.05,
             },

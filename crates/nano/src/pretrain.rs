@@ -72,6 +72,7 @@ impl PretrainConfig {
             schedule: LrSchedule {
                 kind: ScheduleKind::Cosine,
                 warmup_steps: (steps / 50).max(1),
+                stable_steps: 0,
                 total_steps: steps,
                 min_lr_ratio: 0.05,
             },

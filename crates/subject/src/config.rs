@@ -222,6 +222,7 @@ impl SubjectConfig {
             schedule: LrSchedule {
                 kind: ScheduleKind::Constant,
                 warmup_steps: 0,
+                stable_steps: 0,
                 total_steps: steps,
                 min_lr_ratio: 0.0,
             },

@@ -388,6 +388,7 @@ mod tests {
             schedule: LrSchedule {
                 kind: ScheduleKind::Cosine,
                 warmup_steps: 1,
+                stable_steps: 0,
                 total_steps: 6,
                 min_lr_ratio: 0.1,
             },

@@ -1,6 +1,8 @@
 //! Learning-rate schedules as pure functions of the step: constant, linear decay and cosine
 //! decay to `min_lr_ratio · lr`, each after an optional linear warm-up from 0 (the shapes of
-//! diffusers' `get_scheduler("constant_with_warmup" | "linear" | "cosine")`, with a floor).
+//! diffusers' `get_scheduler("constant_with_warmup" | "linear" | "cosine")`, with a floor),
+//! and optionally a stable phase at the peak rate before the decay (warmup-stable-decay, "WSD",
+//! Hu et al. 2024, MiniCPM §4: the decay is confined to the last steps of the run).
 
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +22,10 @@ pub struct LrSchedule {
     /// Steps of linear warm-up from 0 to the base rate.
     #[serde(default)]
     pub warmup_steps: u64,
+    /// Steps held at the base rate after warm-up before the decay starts (0 = the decay spans
+    /// everything after warm-up).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub stable_steps: u64,
     pub total_steps: u64,
     /// The rate decays to `min_lr_ratio · lr` (0 = to zero).
     #[serde(default)]
@@ -31,6 +37,7 @@ impl LrSchedule {
         Self {
             kind: ScheduleKind::Constant,
             warmup_steps: 0,
+            stable_steps: 0,
             total_steps: 0,
             min_lr_ratio: 0.0,
         }
@@ -41,11 +48,12 @@ impl LrSchedule {
         if step < self.warmup_steps {
             return (step + 1) as f64 / self.warmup_steps as f64;
         }
-        let decay_steps = self.total_steps.saturating_sub(self.warmup_steps);
-        if decay_steps == 0 || self.kind == ScheduleKind::Constant {
+        let decay_start = self.warmup_steps + self.stable_steps;
+        let decay_steps = self.total_steps.saturating_sub(decay_start);
+        if step < decay_start || decay_steps == 0 || self.kind == ScheduleKind::Constant {
             return 1.0;
         }
-        let t = ((step - self.warmup_steps) as f64 / decay_steps as f64).min(1.0);
+        let t = ((step - decay_start) as f64 / decay_steps as f64).min(1.0);
         let shape = match self.kind {
             ScheduleKind::Constant => 1.0,
             ScheduleKind::Linear => 1.0 - t,
@@ -60,6 +68,10 @@ impl LrSchedule {
     }
 }
 
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,6 +81,7 @@ mod tests {
         let s = LrSchedule {
             kind: ScheduleKind::Cosine,
             warmup_steps: 10,
+            stable_steps: 0,
             total_steps: 110,
             min_lr_ratio: 0.1,
         };
@@ -87,6 +100,7 @@ mod tests {
         let lin = LrSchedule {
             kind: ScheduleKind::Linear,
             warmup_steps: 0,
+            stable_steps: 0,
             total_steps: 100,
             min_lr_ratio: 0.0,
         };
@@ -94,6 +108,32 @@ mod tests {
         assert_eq!(LrSchedule::constant().factor(12345), 1.0);
         let json = serde_json::to_string(&s).unwrap();
         assert!(json.contains("\"cosine\""));
+        assert!(
+            !json.contains("stable_steps"),
+            "no stable phase: the config reads as before"
+        );
+        assert_eq!(serde_json::from_str::<LrSchedule>(&json).unwrap(), s);
+    }
+
+    #[test]
+    fn warmup_stable_decay() {
+        let s = LrSchedule {
+            kind: ScheduleKind::Linear,
+            warmup_steps: 10,
+            stable_steps: 70,
+            total_steps: 100,
+            min_lr_ratio: 0.0,
+        };
+        assert!((s.factor(4) - 0.5).abs() < 1e-12, "warm-up unchanged");
+        for step in 10..80 {
+            assert_eq!(s.factor(step), 1.0, "stable at step {step}");
+        }
+        assert!(
+            (s.factor(90) - 0.5).abs() < 1e-12,
+            "half-way through the decay"
+        );
+        assert_eq!(s.factor(100), 0.0);
+        let json = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<LrSchedule>(&json).unwrap(), s);
     }
 }
