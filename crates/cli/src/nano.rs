@@ -105,6 +105,10 @@ pub struct PretrainArgs {
     /// Steps between checkpoints (each also exports model/).
     #[arg(long, default_value_t = 100)]
     pub checkpoint_every: u64,
+    /// Compute precision: f32, or bf16 / f16 mixed precision (f32 master weights; for GPU
+    /// backends — on the CPU half precision is emulated and slower).
+    #[arg(long, default_value = "f32", value_parser = parse_precision)]
+    pub precision: dreamforge_train::Precision,
     /// Probability of leaving out each object's size word and the position in a caption, so
     /// that shorter prompts are in the model's distribution.
     #[arg(long, default_value_t = 0.0)]
@@ -114,7 +118,7 @@ pub struct PretrainArgs {
     #[arg(long)]
     pub init_from: Option<PathBuf>,
     /// A run config JSON (as written to run_config.json) instead of the flags above.
-    #[arg(long, conflicts_with_all = ["steps", "batch_size", "lr", "stable_fraction", "attribute_dropout", "init_from"])]
+    #[arg(long, conflicts_with_all = ["steps", "batch_size", "lr", "stable_fraction", "precision", "attribute_dropout", "init_from"])]
     pub config: Option<PathBuf>,
     /// Continue the run in --out from its checkpoint (the settings must match).
     #[arg(long)]
@@ -287,6 +291,7 @@ fn train_judge(a: TrainJudgeArgs) -> anyhow::Result<()> {
         noise_seed: cfg.noise_seed,
         stop: &stop,
         ema_decay: None,
+        precision: dreamforge_train::Precision::F32,
     };
     write_run_config(&a.out, &cfg)?;
     let bar = bar(a.quiet, cfg.steps);
@@ -347,6 +352,11 @@ fn train_judge(a: TrainJudgeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub(crate) fn parse_precision(s: &str) -> Result<dreamforge_train::Precision, String> {
+    dreamforge_train::Precision::parse(s)
+        .ok_or_else(|| format!("unknown precision {s:?}: use f32, bf16 or f16"))
+}
+
 fn run_config(a: &PretrainArgs) -> anyhow::Result<PretrainConfig> {
     let cfg = match &a.config {
         Some(p) => {
@@ -359,6 +369,7 @@ fn run_config(a: &PretrainArgs) -> anyhow::Result<PretrainConfig> {
             c.batch_size = a.batch_size;
             c.lr = a.lr;
             c.attribute_dropout = a.attribute_dropout;
+            c.precision = a.precision;
             if !(0.0..1.0).contains(&a.stable_fraction) {
                 bail!(Error::InvalidInput(
                     "--stable-fraction must be in [0, 1)".into()
@@ -437,6 +448,7 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
         noise_seed: cfg.noise_seed,
         stop: &stop,
         ema_decay: cfg.ema_decay,
+        precision: cfg.precision,
     };
     write_run_config(&a.out, &cfg)?;
     let bar = bar(a.quiet, cfg.steps);

@@ -712,6 +712,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         noise_seed: cfg.noise_seed,
         stop: &stop,
         ema_decay: None,
+        precision: dreamforge_train::Precision::F32,
     };
     let adapters_dir = a.out.join("adapters");
     let bar = bar(a.quiet, cfg.steps);

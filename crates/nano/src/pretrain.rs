@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
 use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
@@ -19,7 +19,9 @@ use dreamforge_models::text::tokenizer::TextTokenizer;
 use dreamforge_models::vae::pixel::pixel_unshuffle;
 use dreamforge_pipeline::latents::{image_ids, pack};
 use dreamforge_train::objective::{flow_matching, mse};
-use dreamforge_train::{LrSchedule, OptimizerConfig, Rngs, ScheduleKind, TimestepSampling};
+use dreamforge_train::{
+    LrSchedule, OptimizerConfig, Precision, Rngs, ScheduleKind, TimestepSampling,
+};
 
 use crate::caption::{caption, caption_with};
 use crate::model::{NanoConfig, NanoModel};
@@ -59,6 +61,10 @@ pub struct PretrainConfig {
     /// Keep an EMA of the weights with this decay and export it instead of the raw weights.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ema_decay: Option<f64>,
+    /// Compute precision of the forward / backward passes (f32 master weights either way);
+    /// bf16 / f16 pay off on GPU backends only.
+    #[serde(default, skip_serializing_if = "is_f32")]
+    pub precision: Precision,
 }
 
 impl PretrainConfig {
@@ -90,12 +96,17 @@ impl PretrainConfig {
             data_seed: 1,
             noise_seed: 2,
             ema_decay: Some(0.999),
+            precision: Precision::F32,
         }
     }
 }
 
 fn is_zero(v: &f64) -> bool {
     *v == 0.0
+}
+
+fn is_f32(p: &Precision) -> bool {
+    *p == Precision::F32
 }
 
 /// The per-step batch builder and loss.
@@ -194,6 +205,7 @@ impl Pretrainer {
         let noise = Tensor::<3>::from_data(TensorData::new(noise, [b, l, c]), device);
         let s = Tensor::<1>::from_data(TensorData::new(sigmas.clone(), [b]), device);
         let (x_t, target) = flow_matching(x0, noise, s);
+        let x_t = x_t.cast(self.config.precision.dtype());
         let pred = model
             .transformer
             .forward(
@@ -207,7 +219,7 @@ impl Pretrainer {
                 &self.rope,
             )
             .expect("shapes fixed by the config");
-        mse(pred, target)
+        mse(pred.cast(FloatDType::F32), target)
     }
 }
 

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::checkpoint::{self, CheckpointError};
 use crate::log::{LogLine, LossLog};
-use crate::{LrSchedule, OptimizerConfig, RngState, train_step_clipped};
+use crate::{LossScale, LrSchedule, OptimizerConfig, Precision, RngState, train_step_mixed};
 
 /// The loop's position, saved in every checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -28,6 +28,9 @@ pub struct RunState {
     pub noise_rng: RngState,
     /// Training seconds so far, over all sessions of the run.
     pub seconds: f64,
+    /// The dynamic loss scale of an f16 run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<LossScale>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -115,6 +118,8 @@ pub struct Trainer<'a> {
     /// Keep an exponential moving average of the parameters with this decay (see
     /// [`crate::ema`]); saved in every checkpoint as `ema.bpk`.
     pub ema_decay: Option<f64>,
+    /// Compute precision of the forward / backward passes (master weights stay f32).
+    pub precision: Precision,
 }
 
 /// What a run hands back.
@@ -164,6 +169,7 @@ impl Trainer<'_> {
                 word_pos: 0,
             },
             seconds: 0.0,
+            loss_scale: self.precision.scales_loss().then(LossScale::default),
         };
         let (mut model, mut optim, state) = if resume {
             if !ck.join("state.json").exists() {
@@ -220,23 +226,26 @@ impl Trainer<'_> {
         };
         let t0 = Instant::now();
         let start = state.step;
+        let mut loss_scale = state.loss_scale.unwrap_or_default();
         let save = |model: &M,
                     ema: &Option<M>,
                     optim: &crate::optim::Optimizer,
                     rngs: &Rngs,
-                    step: u64| {
+                    step: u64,
+                    loss_scale: LossScale| {
             let run = RunState {
                 step,
                 data_rng: RngState::of(self.data_seed, &rngs.data),
                 noise_rng: RngState::of(self.noise_seed, &rngs.noise),
                 seconds: state.seconds + t0.elapsed().as_secs_f64(),
+                loss_scale: self.precision.scales_loss().then_some(loss_scale),
             };
             let extra = ema.as_ref().map(|e| ("ema", e));
             checkpoint::save_with(&ck, model, extra, optim, &Saved { run, config })
         };
         for step in start..self.total_steps {
             if self.stop.load(Ordering::SeqCst) {
-                save(&model, &ema, &optim, &rngs, step)?;
+                save(&model, &ema, &optim, &rngs, step, loss_scale)?;
                 return Ok(RunOutput {
                     model,
                     ema,
@@ -245,8 +254,15 @@ impl Trainer<'_> {
             }
             let lr = self.schedule.lr(self.base_lr, step);
             let clip = self.optimizer.global_clip();
-            let (m, r) =
-                train_step_clipped(model, &mut optim, lr, clip, |m| loss(m, &mut rngs, step));
+            let (m, r) = train_step_mixed(
+                model,
+                &mut optim,
+                lr,
+                clip,
+                self.precision,
+                &mut loss_scale,
+                |m| loss(m, &mut rngs, step),
+            );
             model = m;
             let value = match r {
                 Ok(v) => v,
@@ -283,7 +299,7 @@ impl Trainer<'_> {
             let checkpointed =
                 done || (self.checkpoint_every > 0 && (step + 1) % self.checkpoint_every == 0);
             if checkpointed {
-                save(&model, &ema, &optim, &rngs, step + 1)?;
+                save(&model, &ema, &optim, &rngs, step + 1, loss_scale)?;
             }
             progress(
                 &Progress {
@@ -397,6 +413,7 @@ mod tests {
             noise_seed: 4,
             stop,
             ema_decay: Some(0.5),
+            precision: Precision::F32,
         }
     }
 
@@ -524,6 +541,7 @@ mod tests {
             base_lr: 1.0,
             optimizer: serde_json::from_str(r#"{"algorithm": {"prodigy": {"d0": 1e-3}}}"#).unwrap(),
             ema_decay: None,
+            precision: Precision::F32,
             ..trainer(dir, stop)
         };
         let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));

@@ -8,6 +8,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 
 use crate::optim::ModelOptimizer;
+use crate::precision::{LossScale, Precision, cast_params, grads_finite, scale_grads};
 
 /// A loss that is not a finite number; no update was made.
 #[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
@@ -42,6 +43,52 @@ pub fn train_step_clipped<M: Module>(
         return (model, Err(NonFiniteLoss(value)));
     }
     let mut grads = GradientsParams::from_grads(l.backward(), &model);
+    if let Some(max) = global_clip {
+        clip_global_norm(&model, &mut grads, max);
+    }
+    (optim.step(lr, model, grads), Ok(value))
+}
+
+/// [`train_step_clipped`] with the forward and backward passes in `precision` (see
+/// [`crate::precision`]): `loss` gets a copy of the model cast to the compute dtype (its
+/// inputs must be cast to [`Precision::dtype`] too) and may return the loss in any float
+/// dtype; the gradients reach the f32 `model` through the cast. With `f16` the loss is scaled
+/// by `scale` before the backward pass and the gradients unscaled after it; an overflow skips
+/// the update (the model comes back unchanged, the loss value is still returned) and `scale`
+/// records it. `Precision::F32` is exactly [`train_step_clipped`].
+pub fn train_step_mixed<M: Module>(
+    model: M,
+    optim: &mut impl ModelOptimizer,
+    lr: f64,
+    global_clip: Option<f32>,
+    precision: Precision,
+    scale: &mut LossScale,
+    loss: impl FnOnce(&M) -> Tensor<1>,
+) -> (M, Result<f32, NonFiniteLoss>) {
+    if precision == Precision::F32 {
+        return train_step_clipped(model, optim, lr, global_clip, loss);
+    }
+    let low = cast_params(model.clone(), precision.dtype());
+    let l = loss(&low).cast(burn::tensor::FloatDType::F32);
+    drop(low);
+    let value = l.clone().into_scalar::<f32>();
+    if !value.is_finite() {
+        return (model, Err(NonFiniteLoss(value)));
+    }
+    let factor = if precision.scales_loss() {
+        scale.scale
+    } else {
+        1.0
+    };
+    let mut grads = GradientsParams::from_grads((l * factor).backward(), &model);
+    if precision.scales_loss() {
+        let finite = grads_finite(&model, &grads);
+        scale.update(!finite);
+        if !finite {
+            return (model, Ok(value));
+        }
+        scale_grads(&model, &mut grads, 1.0 / factor);
+    }
     if let Some(max) = global_clip {
         clip_global_norm(&model, &mut grads, max);
     }
@@ -307,5 +354,70 @@ mod tests {
                 "step {i}: {a} vs {b}"
             );
         }
+    }
+
+    /// f16 loss scaling: a scale that overflows the half-precision gradients skips the update
+    /// (weights unchanged) and halves; once the scaled gradients fit, the step applies and
+    /// equals the f32 step within f16 rounding.
+    #[test]
+    fn f16_overflow_skips_the_step_and_backs_off() {
+        use crate::precision::{LossScale, Precision};
+        let d = Device::flex().autodiff();
+        let (x, y) = data(&d, 0);
+        // A loss of ~1e2 · scale 2^16 puts the scaled gradients far past f16's 65504.
+        let loss = |m: &Mlp| {
+            let x = x.clone().cast(burn::tensor::FloatDType::F16);
+            ((m.forward(x).cast(burn::tensor::FloatDType::F32) - y.clone()) * 10.0)
+                .square()
+                .mean()
+        };
+        let weights = |m: &Mlp| m.a.weight.val().into_data().try_to_vec::<f32>().unwrap();
+        let mut optim = AdamWConfig::new().init();
+        let mut scale = LossScale::default();
+        let model = Mlp::new(&d, 7);
+        let w0 = weights(&model);
+        let (model, l) = train_step_mixed(
+            model,
+            &mut optim,
+            1e-2,
+            None,
+            Precision::F16,
+            &mut scale,
+            loss,
+        );
+        assert!(l.unwrap().is_finite());
+        assert_eq!(scale.scale, 32768.0, "overflow halves the scale");
+        assert_eq!(weights(&model), w0, "and skips the update");
+        let mut model = model;
+        let mut skipped = 1;
+        while weights(&model) == w0 {
+            let (m, _) = train_step_mixed(
+                model,
+                &mut optim,
+                1e-2,
+                None,
+                Precision::F16,
+                &mut scale,
+                loss,
+            );
+            model = m;
+            skipped += 1;
+            assert!(skipped < 17, "the scale never fit: {scale:?}");
+        }
+        assert!(scale.scale < 65536.0 && scale.good_steps == 1, "{scale:?}");
+        // The applied step matches the same step in f32.
+        let mut optim32 = AdamWConfig::new().init();
+        let reference = Mlp::new(&d, 7);
+        let (reference, _) = train_step(reference, &mut optim32, 1e-2, |m: &Mlp| {
+            ((m.forward(x.clone()) - y.clone()) * 10.0).square().mean()
+        });
+        let (a, b) = (weights(&model), weights(&reference));
+        let max = a
+            .iter()
+            .zip(&b)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0f32, f32::max);
+        assert!(max < 1e-3, "f16 step vs f32 step differ by {max}");
+        assert!(a != w0);
     }
 }

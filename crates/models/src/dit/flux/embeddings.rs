@@ -79,10 +79,11 @@ impl TimeTextEmbed {
         pooled: Tensor<2>,
     ) -> Tensor<2> {
         let device = pooled.device();
-        let t = timestep_embedding(timestep, TIME_PROJ_DIM, true, 0.0, &device);
+        let dtype: burn::tensor::FloatDType = pooled.dtype().into();
+        let t = timestep_embedding(timestep, TIME_PROJ_DIM, true, 0.0, &device).cast(dtype);
         let mut emb = self.timestep_embedder.forward(t);
         if let (Some(g_emb), Some(g)) = (&self.guidance_embedder, guidance) {
-            let g = timestep_embedding(g, TIME_PROJ_DIM, true, 0.0, &device);
+            let g = timestep_embedding(g, TIME_PROJ_DIM, true, 0.0, &device).cast(dtype);
             emb = emb + g_emb.forward(g);
         }
         emb + self.text_embedder.forward(pooled)

@@ -211,6 +211,8 @@ impl FluxTransformer {
         } = inputs;
         let [b, l, _] = hidden_states.dims();
         let t_len = encoder_hidden_states.dims()[1];
+        // Half-precision compute (mixed-precision training): tables follow the input dtype.
+        let rope = &rope.cast(hidden_states.dtype().into());
         if timestep.len() != b {
             return Err(Error::InvalidInput(format!(
                 "{} timesteps for batch {b}",

@@ -2,7 +2,7 @@
 //! `get_1d_rotary_pos_embed(..., repeat_interleave_real=True, use_real=True)` in f64, cast to
 //! f32) and `apply_rotary_emb(use_real_unbind_dim=-1)`, which rotates adjacent element pairs.
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
 
 /// cos / sin tables for a sequence of position ids.
 #[derive(Debug, Clone)]
@@ -57,6 +57,16 @@ pub fn flux_rope(
 }
 
 impl Rope {
+    /// The tables in `dtype` (a no-op when they already are): a model computing in half
+    /// precision rotates its queries and keys with tables of the same dtype.
+    pub fn cast(&self, dtype: FloatDType) -> Rope {
+        Rope {
+            cos: self.cos.clone().cast(dtype),
+            sin: self.sin.clone().cast(dtype),
+            sin_pairs: self.sin_pairs.clone().cast(dtype),
+        }
+    }
+
     /// The tables of the sequence positions `positions` only (the attention-sharing hook gives
     /// reference tokens the RoPE of their destination positions).
     ///
