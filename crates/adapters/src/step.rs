@@ -40,7 +40,8 @@ impl ModuleMapper for SetMasks<'_> {
         param.map(|t| {
             let r = t.dims()[0];
             let m = schedule.mask_at(r, progress);
-            Tensor::from_data(TensorData::new(m, t.shape()), &t.device())
+            let dtype: burn::tensor::FloatDType = t.dtype().into();
+            Tensor::<D>::from_data(TensorData::new(m, t.shape()), &t.device()).cast(dtype)
         })
     }
 }

@@ -135,6 +135,10 @@ pub struct TrainArgs {
     /// Continue the run in --out with its saved settings (run_config.json).
     #[arg(long)]
     pub resume: bool,
+    /// Compute precision: f32, or bf16 / f16 mixed precision (f32 adapter weights, the frozen
+    /// base in half precision; FLUX-family models, for GPU backends).
+    #[arg(long, value_parser = crate::nano::parse_precision)]
+    pub precision: Option<dreamforge_train::Precision>,
     /// cpu, wgpu[:N] or cuda[:N].
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -355,6 +359,9 @@ fn config_from_flags(a: &TrainArgs, base: &Base, model: &Path) -> anyhow::Result
         c.instance_prompt = fill(p, &a.token, &a.class);
     }
     c.flip = a.flip;
+    if let Some(p) = a.precision {
+        c.precision = p;
+    }
     if let Some(s) = a.steps {
         c.steps = s;
         c.schedule.total_steps = s;
@@ -647,6 +654,15 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
             matches!(base, Base::Flux { .. })
         )
     );
+    if cfg.precision != dreamforge_train::Precision::F32 && matches!(base, Base::Sd { .. }) {
+        bail!(Error::InvalidInput(format!(
+            "--precision {}: mixed-precision training is implemented for FLUX-family models so far; train this SD model in f32",
+            serde_json::to_value(cfg.precision)
+                .expect("serializes")
+                .as_str()
+                .unwrap_or("?")
+        )));
+    }
     let state = a.out.join("checkpoint/state.json");
     if !a.resume && state.exists() {
         bail!(Error::InvalidInput(format!(
@@ -671,6 +687,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
                 &train_device,
             )?;
             let frozen = pipe.transformer.clone().fork(&train_device).no_grad();
+            let frozen = dreamforge_train::precision::cast_params(frozen, cfg.precision.dtype());
             (Task::Flux(Box::new((t, frozen))), w)
         }
         Base::Sd { pipe, .. } => {
@@ -712,7 +729,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         noise_seed: cfg.noise_seed,
         stop: &stop,
         ema_decay: None,
-        precision: dreamforge_train::Precision::F32,
+        precision: cfg.precision,
     };
     let adapters_dir = a.out.join("adapters");
     let bar = bar(a.quiet, cfg.steps);

@@ -12,7 +12,7 @@
 use serde::{Deserialize, Serialize};
 
 use dreamforge_adapters::{AdapterInit, AdapterKind, RankSchedule};
-use dreamforge_train::{LrSchedule, OptimizerConfig, ScheduleKind, TimestepSampling};
+use dreamforge_train::{LrSchedule, OptimizerConfig, Precision, ScheduleKind, TimestepSampling};
 
 /// LoRA or T-LoRA.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,6 +169,14 @@ pub struct SubjectConfig {
     /// model it started with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_fingerprint: Option<String>,
+    /// Compute precision of the forward / backward passes (`bf16` / `f16`: mixed precision
+    /// over f32 adapter weights and a half-precision frozen base; FLUX family only so far).
+    #[serde(default, skip_serializing_if = "is_f32")]
+    pub precision: Precision,
+}
+
+fn is_f32(p: &Precision) -> bool {
+    *p == Precision::F32
 }
 
 impl SubjectConfig {
@@ -242,6 +250,7 @@ impl SubjectConfig {
             data_seed: 1,
             noise_seed: 2,
             base_fingerprint: None,
+            precision: Precision::F32,
         }
     }
 

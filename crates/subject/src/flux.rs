@@ -175,6 +175,8 @@ impl FluxSubjectTask {
         let noise = gauss(l * c);
         let s = Tensor::<1>::from_data(TensorData::new(vec![sigma], [1]), device);
         let (x_t, target) = flow_matching(x0, noise, s);
+        // Mixed precision: `base` and `set` arrive in the compute dtype, the inputs follow.
+        let dtype = self.config.precision.dtype();
         let model = self.layout.attach(base.clone(), &self.names, set);
         let model = at_step(
             model,
@@ -184,16 +186,16 @@ impl FluxSubjectTask {
         let pred = model
             .forward(
                 FluxInputs {
-                    hidden_states: x_t,
-                    encoder_hidden_states: ex.states.clone(),
-                    pooled_projections: ex.pooled.clone(),
+                    hidden_states: x_t.cast(dtype),
+                    encoder_hidden_states: ex.states.clone().cast(dtype),
+                    pooled_projections: ex.pooled.clone().cast(dtype),
                     timestep: vec![sigma],
                     guidance: self.guidance.map(|g| vec![g]),
                 },
                 &self.rope,
             )
             .expect("shapes fixed when the task was built");
-        mse(pred, target)
+        mse(pred.cast(burn::tensor::FloatDType::F32), target)
     }
 
     /// One step's loss: a random subject image (data stream), σ and noise (noise stream); with
