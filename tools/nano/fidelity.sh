@@ -39,7 +39,7 @@ done
 wait
 i=$(ls "$out"/part*/*.png | wc -l)
 for f in "$out"/part*/*.png; do mv "$f" "$out/$(basename "$(dirname "$f")")-$(basename "$f")"; done
-rmdir "$out"/part*
+rmdir "$out"/part*/
 end=$(date +%s.%N)
 echo "sampled $i images in $(echo "$end - $start" | bc) s (model load included)"
 "$bin" eval --images "$out" --json "$out/eval.json"
