@@ -134,24 +134,6 @@ pub fn grads_finite<M: Module>(model: &M, grads: &GradientsParams) -> bool {
     v.sum.is_none_or(|s| s.into_scalar::<f32>().is_finite())
 }
 
-struct Unscale<'a> {
-    grads: &'a mut GradientsParams,
-    factor: f32,
-}
-
-impl ModuleVisitor for Unscale<'_> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if let Some(g) = self.grads.remove::<D>(param.id) {
-            self.grads.register(param.id, g * self.factor);
-        }
-    }
-}
-
-/// Multiplies every gradient of `model` by `factor` (unscaling after a scaled backward).
-pub fn scale_grads<M: Module>(model: &M, grads: &mut GradientsParams, factor: f32) {
-    model.visit(&mut Unscale { grads, factor });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 
 use crate::optim::ModelOptimizer;
-use crate::precision::{LossScale, Precision, cast_params, grads_finite, scale_grads};
+use crate::precision::{LossScale, Precision, cast_params, grads_finite};
 
 /// A loss that is not a finite number; no update was made.
 #[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
@@ -129,9 +129,14 @@ pub fn clip_global_norm<M: Module>(model: &M, grads: &mut GradientsParams, max_n
     let norm = n.total.sqrt() as f32;
     let factor = max_norm / (norm + 1e-6);
     if factor < 1.0 {
-        model.visit(&mut Scale { grads, factor });
+        scale_grads(model, grads, factor);
     }
     norm
+}
+
+/// Multiplies every gradient of `model` in `grads` by `factor`.
+pub fn scale_grads<M: Module>(model: &M, grads: &mut GradientsParams, factor: f32) {
+    model.visit(&mut Scale { grads, factor });
 }
 
 /// One optimizer step over `micro_batches` micro-batches (gradient accumulation): `loss(m, i)`
