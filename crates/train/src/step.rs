@@ -379,32 +379,19 @@ mod tests {
         let weights = |m: &Mlp| m.a.weight.val().into_data().try_to_vec::<f32>().unwrap();
         let mut optim = AdamWConfig::new().init();
         let mut scale = LossScale::default();
+        let mut step = |m: Mlp, scale: &mut LossScale| {
+            train_step_mixed(m, &mut optim, 1e-2, None, Precision::F16, scale, loss)
+        };
         let model = Mlp::new(&d, 7);
         let w0 = weights(&model);
-        let (model, l) = train_step_mixed(
-            model,
-            &mut optim,
-            1e-2,
-            None,
-            Precision::F16,
-            &mut scale,
-            loss,
-        );
+        let (model, l) = step(model, &mut scale);
         assert!(l.unwrap().is_finite());
         assert_eq!(scale.scale, 32768.0, "overflow halves the scale");
         assert_eq!(weights(&model), w0, "and skips the update");
         let mut model = model;
         let mut skipped = 1;
         while weights(&model) == w0 {
-            let (m, _) = train_step_mixed(
-                model,
-                &mut optim,
-                1e-2,
-                None,
-                Precision::F16,
-                &mut scale,
-                loss,
-            );
+            let (m, _) = step(model, &mut scale);
             model = m;
             skipped += 1;
             assert!(skipped < 17, "the scale never fit: {scale:?}");
