@@ -136,7 +136,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub resume: bool,
     /// Compute precision: f32, or bf16 / f16 mixed precision (f32 adapter weights, the frozen
-    /// base in half precision; FLUX-family models, for GPU backends).
+    /// base in half precision; pays off on GPU backends).
     #[arg(long, value_parser = crate::nano::parse_precision)]
     pub precision: Option<dreamforge_train::Precision>,
     /// cpu, wgpu[:N] or cuda[:N].
@@ -654,15 +654,6 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
             matches!(base, Base::Flux { .. })
         )
     );
-    if cfg.precision != dreamforge_train::Precision::F32 && matches!(base, Base::Sd { .. }) {
-        bail!(Error::InvalidInput(format!(
-            "--precision {}: mixed-precision training is implemented for FLUX-family models so far; train this SD model in f32",
-            serde_json::to_value(cfg.precision)
-                .expect("serializes")
-                .as_str()
-                .unwrap_or("?")
-        )));
-    }
     let state = a.out.join("checkpoint/state.json");
     if !a.resume && state.exists() {
         bail!(Error::InvalidInput(format!(
@@ -703,6 +694,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
                 &train_device,
             )?;
             let frozen = pipe.unet.clone().fork(&train_device).no_grad();
+            let frozen = dreamforge_train::precision::cast_params(frozen, cfg.precision.dtype());
             (Task::Sd(Box::new((t, frozen))), w)
         }
     };

@@ -170,7 +170,7 @@ pub struct SubjectConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_fingerprint: Option<String>,
     /// Compute precision of the forward / backward passes (`bf16` / `f16`: mixed precision
-    /// over f32 adapter weights and a half-precision frozen base; FLUX family only so far).
+    /// over f32 adapter weights and a half-precision frozen base).
     #[serde(default, skip_serializing_if = "is_f32")]
     pub precision: Precision,
 }

@@ -191,18 +191,21 @@ impl SdSubjectTask {
             &[self.config.adapter.schedule()],
             progress_from_timestep(t as f64, n as f64),
         );
+        // Mixed precision: `base` and `set` arrive in the compute dtype, the inputs follow
+        // (the SDXL time ids stay f32: the UNet embeds them in f32).
+        let dtype = self.config.precision.dtype();
         let pred = model
             .forward(
-                x_t,
+                x_t.cast(dtype),
                 &[t as f32],
-                ex.states.clone(),
+                ex.states.clone().cast(dtype),
                 ex.added.as_ref().map(|(p, ids)| AddedCondition {
-                    text_embeds: p.clone(),
+                    text_embeds: p.clone().cast(dtype),
                     time_ids: ids.clone(),
                 }),
             )
             .expect("shapes fixed when the task was built");
-        mse(pred, target)
+        mse(pred.cast(burn::tensor::FloatDType::F32), target)
     }
 
     /// One step's loss: a random subject image (data stream), timestep and noise (noise

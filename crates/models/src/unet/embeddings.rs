@@ -96,12 +96,18 @@ pub fn text_time_features(
             p + n * time_dim
         )));
     }
+    // Sinusoids in f32 whatever the compute dtype (a half-precision `1024 · freq` loses the
+    // phase), then cast to the text embeddings' dtype, as diffusers' `get_aug_embed` does.
+    let dtype: burn::tensor::FloatDType = text_embeds.dtype().into();
     let time = timestep_embedding_tensor(
-        time_ids.reshape([b * n]),
+        time_ids
+            .cast(burn::tensor::FloatDType::F32)
+            .reshape([b * n]),
         time_dim,
         flip_sin_to_cos,
         freq_shift,
     )
-    .reshape([b, n * time_dim]);
+    .reshape([b, n * time_dim])
+    .cast(dtype);
     Ok(Tensor::cat(vec![text_embeds, time], 1))
 }

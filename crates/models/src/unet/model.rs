@@ -316,6 +316,9 @@ impl UNet2DConditionModel {
             )));
         }
         let device = sample.device();
+        // The sinusoids are computed in f32 (as diffusers does) and cast to the compute dtype
+        // the sample arrives in (mixed-precision training casts weights and inputs together).
+        let dtype: burn::tensor::FloatDType = sample.dtype().into();
 
         // 0. center input if necessary
         let sample = if c.center_input_sample {
@@ -340,7 +343,8 @@ impl UNet2DConditionModel {
             c.flip_sin_to_cos,
             c.freq_shift as f32,
             &device,
-        );
+        )
+        .cast(dtype);
         let mut emb = self.time_embedding.forward(t_emb);
         if let Some(add) = &self.add_embedding {
             let Some(added) = added else {
