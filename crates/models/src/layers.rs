@@ -3,11 +3,31 @@
 //! multi-head SDPA on `[B, S, H·D]` tensors, the tanh-approximated GELU.
 
 use burn::module::{Module, Param};
+use burn::nn::Linear;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use dreamforge_core::{Result, WeightLoader};
+
+/// `linear.forward(x)` with the leading dims folded into rows, so the product is ONE
+/// `[rows, d_in] @ [d_in, d_out]` GEMM. Burn's linear keeps a batch whose row count is a
+/// multiple of 32 (e.g. 64 image tokens) as a batched matmul that runs one small GEMM per
+/// batch element against the shared weight; folded, the backward's `dx` is one GEMM too.
+///
+/// # Shapes
+/// `[..., d_in]` → `[..., d_out]`
+pub fn linear_rows<const D: usize>(linear: &Linear, x: Tensor<D>) -> Tensor<D> {
+    if D <= 2 {
+        return linear.forward(x);
+    }
+    let mut dims = x.dims();
+    let d_in = dims[D - 1];
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let y = linear.forward(x.reshape([rows, d_in]));
+    dims[D - 1] = y.dims()[1];
+    y.reshape(dims)
+}
 
 /// `nn.LayerNorm(d, elementwise_affine=False, eps)` over the last dim.
 ///

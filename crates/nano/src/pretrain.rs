@@ -181,8 +181,9 @@ impl Pretrainer {
         pack((z - m.vae.shift_factor) * m.vae.scaling_factor)
     }
 
-    /// One step's loss on `device` (the model's).
-    pub fn loss(&self, model: &NanoModel, rngs: &mut Rngs, device: &Device) -> Tensor<1> {
+    /// The next batch on `device`: scenes and captions from the data stream, then σ and noise
+    /// from the noise stream (the draw order every run and checkpoint relies on).
+    pub fn batch(&self, rngs: &mut Rngs, device: &Device) -> Batch {
         let (scenes, captions) = self.draw(&mut rngs.data);
         let b = scenes.len();
         let x0 = self.clean_latents(&scenes, device);
@@ -191,10 +192,6 @@ impl Pretrainer {
         let ids = self
             .token_ids(&texts, device)
             .expect("nano captions tokenize");
-        let text = model
-            .text_encoder
-            .forward(ids)
-            .expect("ids within the vocabulary");
         let sigmas =
             self.config
                 .timesteps
@@ -203,7 +200,28 @@ impl Pretrainer {
             .map(|_| StandardNormal.sample(&mut rngs.noise))
             .collect();
         let noise = Tensor::<3>::from_data(TensorData::new(noise, [b, l, c]), device);
-        let s = Tensor::<1>::from_data(TensorData::new(sigmas.clone(), [b]), device);
+        Batch {
+            x0,
+            ids,
+            sigmas,
+            noise,
+        }
+    }
+
+    /// The flow-matching loss (mean over the batch) of `model` on `batch`.
+    pub fn batch_loss(&self, model: &NanoModel, batch: Batch) -> Tensor<1> {
+        let Batch {
+            x0,
+            ids,
+            sigmas,
+            noise,
+        } = batch;
+        let device = x0.device();
+        let text = model
+            .text_encoder
+            .forward(ids)
+            .expect("ids within the vocabulary");
+        let s = Tensor::<1>::from_data(TensorData::new(sigmas.clone(), [sigmas.len()]), &device);
         let (x_t, target) = flow_matching(x0, noise, s);
         let x_t = x_t.cast(self.config.precision.dtype());
         let pred = model
@@ -220,6 +238,41 @@ impl Pretrainer {
             )
             .expect("shapes fixed by the config");
         mse(pred.cast(FloatDType::F32), target)
+    }
+
+    /// One step's loss on `device` (the model's).
+    pub fn loss(&self, model: &NanoModel, rngs: &mut Rngs, device: &Device) -> Tensor<1> {
+        self.batch_loss(model, self.batch(rngs, device))
+    }
+}
+
+/// One training batch: clean packed tokens `x0: [B, L, C]`, token ids `[B, T]`, σ per sample,
+/// noise `[B, L, C]`.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    pub x0: Tensor<3>,
+    pub ids: Tensor<2, Int>,
+    pub sigmas: Vec<f32>,
+    pub noise: Tensor<3>,
+}
+
+impl Batch {
+    /// Samples `range` of the batch.
+    pub fn slice(&self, range: std::ops::Range<usize>) -> Batch {
+        Batch {
+            x0: self.x0.clone().slice(range.clone()),
+            ids: self.ids.clone().slice(range.clone()),
+            sigmas: self.sigmas[range.clone()].to_vec(),
+            noise: self.noise.clone().slice(range),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.sigmas.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sigmas.is_empty()
     }
 }
 

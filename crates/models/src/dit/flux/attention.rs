@@ -9,7 +9,7 @@ use dreamforge_core::{Result, WeightLoader};
 
 use super::replace::TokenReplace;
 use super::rope::Rope;
-use crate::layers::{RmsNorm, sdpa_merge_heads, split_heads};
+use crate::layers::{RmsNorm, linear_rows, sdpa_merge_heads, split_heads};
 
 const QK_NORM_EPS: f64 = 1e-6;
 
@@ -50,11 +50,11 @@ impl QkvProj {
     pub fn forward(&self, x: Tensor<3>) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
         let q = self
             .norm_q
-            .forward(split_heads(self.q.forward(x.clone()), self.heads));
+            .forward(split_heads(linear_rows(&self.q, x.clone()), self.heads));
         let k = self
             .norm_k
-            .forward(split_heads(self.k.forward(x.clone()), self.heads));
-        let v = split_heads(self.v.forward(x), self.heads);
+            .forward(split_heads(linear_rows(&self.k, x.clone()), self.heads));
+        let v = split_heads(linear_rows(&self.v, x), self.heads);
         (q, k, v)
     }
 }
@@ -124,6 +124,9 @@ impl JointAttention {
         };
         let txt_o = o.clone().slice([0..b, 0..t, 0..dim]);
         let img_o = o.slice([0..b, t..t + l, 0..dim]);
-        (self.to_out.forward(img_o), self.to_add_out.forward(txt_o))
+        (
+            linear_rows(&self.to_out, img_o),
+            linear_rows(&self.to_add_out, txt_o),
+        )
     }
 }

@@ -10,7 +10,7 @@ use dreamforge_core::{Result, WeightLoader};
 use super::attention::JointAttention;
 use super::replace::TokenReplace;
 use super::rope::Rope;
-use crate::layers::layer_norm_plain;
+use crate::layers::{layer_norm_plain, linear_rows};
 
 pub(crate) const NORM_EPS: f64 = 1e-6;
 
@@ -32,8 +32,10 @@ impl FeedForward {
     /// # Shapes
     /// `[B, S, dim]` → `[B, S, dim]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.proj_out
-            .forward(crate::layers::gelu_tanh(self.proj_in.forward(x)))
+        linear_rows(
+            &self.proj_out,
+            crate::layers::gelu_tanh(linear_rows(&self.proj_in, x)),
+        )
     }
 }
 

@@ -5,6 +5,8 @@ use std::path::Path;
 
 use burn::module::Module;
 use burn::nn::Linear;
+
+use crate::layers::linear_rows;
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 
@@ -238,8 +240,8 @@ impl FluxTransformer {
         let temb = self
             .time_text_embed
             .forward(&t, g.as_deref(), pooled_projections);
-        let mut img = self.x_embedder.forward(hidden_states);
-        let mut txt = self.context_embedder.forward(encoder_hidden_states);
+        let mut img = linear_rows(&self.x_embedder, hidden_states);
+        let mut txt = linear_rows(&self.context_embedder, encoder_hidden_states);
         for r in replace.iter().chain(share.iter()) {
             let bad_row = std::iter::once(r.target)
                 .chain(r.sources.iter().map(|s| s.row))
@@ -274,7 +276,7 @@ impl FluxTransformer {
         let [b_, d2] = m.dims();
         let parts = m.reshape([b_, 1, d2]).chunk(2, 2); // scale, shift
         let img = modulate(img, parts[1].clone(), parts[0].clone());
-        Ok(self.proj_out.forward(img))
+        Ok(linear_rows(&self.proj_out, img))
     }
 }
 

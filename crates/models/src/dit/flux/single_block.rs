@@ -13,7 +13,7 @@ use super::attention::QkvProj;
 use super::double_block::{chunks, modulate};
 use super::replace::TokenReplace;
 use super::rope::Rope;
-use crate::layers::sdpa_merge_heads;
+use crate::layers::{linear_rows, sdpa_merge_heads};
 
 #[derive(Module, Debug)]
 pub struct SingleBlock {
@@ -65,7 +65,7 @@ impl SingleBlock {
     ) -> Tensor<3> {
         let m = chunks(self.norm.forward(silu(temb)), 3); // shift, scale, gate
         let xn = modulate(x.clone(), m[0].clone(), m[1].clone());
-        let mlp = crate::layers::gelu_tanh(self.proj_mlp.forward(xn.clone()));
+        let mlp = crate::layers::gelu_tanh(linear_rows(&self.proj_mlp, xn.clone()));
         let xa = match replace {
             Some((r, text_len)) => r.apply_offset(xn, text_len),
             None => xn,
@@ -75,7 +75,7 @@ impl SingleBlock {
             Some((r, text_len)) => r.shared_attention(q, k, v, rope, text_len),
             None => sdpa_merge_heads(rope.apply(q), rope.apply(k), v),
         };
-        let h = self.proj_out.forward(Tensor::cat(vec![a, mlp], 2));
+        let h = linear_rows(&self.proj_out, Tensor::cat(vec![a, mlp], 2));
         x + m[2].clone() * h
     }
 }
