@@ -1,28 +1,34 @@
 #!/usr/bin/env bash
-# Reproduces the shipped nano model (models/nano) from scratch, as the two `dreamforge nano
-# pretrain` runs it came from (docs/NANO.md, "Pretraining"):
-#   1. batch 32, 4500 steps, cosine from lr 1e-3 (models/nano/stage1/run_config.json);
-#   2. batch 128, continuing stage 1's exported weights, lr 6e-4 held, then cosine
-#      (models/nano/run_config.json, its `init_from` pointed at stage 1's bundle).
+# Reproduces the shipped nano model (models/nano) from scratch: the `dreamforge nano pretrain`
+# runs it came from, in order (docs/NANO.md, "Pretraining"). Stage k's run config is
+# models/nano/stages/k/run_config.json (its loss curve beside it); stage 1 starts from the
+# seeded init, every later stage from the previous stage's exported bundle (`init_from` is
+# rewritten to point there). models/nano/run_config.json is the last stage's.
 #
-#   tools/nano/pretrain.sh [OUT=runs/nano-repro]     # OUT/stage1, OUT/stage2; OUT/stage2/model is the bundle
+#   tools/nano/pretrain.sh [OUT=runs/nano-repro]    # OUT/stage1, OUT/stage2, ...; the last model/ is the bundle
 #
-# Each stage is resumable: rerunning the script after an interruption (Ctrl-C saves a
-# checkpoint) continues the stage it stopped in. DREAMFORGE selects the binary.
+# Every stage is resumable: rerunning the script after an interruption (Ctrl-C saves a
+# checkpoint) continues where it stopped; finished stages resume to a no-op.
+# DREAMFORGE selects the binary (default target/release/dreamforge).
 set -euo pipefail
 bin=${DREAMFORGE:-target/release/dreamforge}
 out=${1:-runs/nano-repro}
-here=$(cd "$(dirname "$0")/../.." && pwd)
+stages=$(cd "$(dirname "$0")/../../models/nano/stages" && pwd)
 mkdir -p "$out"
-stage() { # stage DIR CONFIG (a finished stage resumes to no-op)
-  if [ -f "$1/checkpoint/state.json" ]; then
-    "$bin" nano pretrain --config "$2" --out "$1" --resume
+prev=""
+for k in $(ls "$stages" | sort -n); do
+  cfg="$out/stage$k.json"
+  if [ -z "$prev" ]; then
+    cp "$stages/$k/run_config.json" "$cfg"
   else
-    "$bin" nano pretrain --config "$2" --out "$1"
+    sed -E "s#\"init_from\": *\"[^\"]*\"#\"init_from\": \"$prev\"#" "$stages/$k/run_config.json" > "$cfg"
   fi
-}
-stage "$out/stage1" "$here/models/nano/stage1/run_config.json"
-sed -E "s#\"init_from\": *\"[^\"]*\"#\"init_from\": \"$out/stage1/model\"#" \
-  "$here/models/nano/run_config.json" > "$out/stage2.json"
-stage "$out/stage2" "$out/stage2.json"
-echo "bundle: $out/stage2/model"
+  dir="$out/stage$k"
+  if [ -f "$dir/checkpoint/state.json" ]; then
+    "$bin" nano pretrain --config "$cfg" --out "$dir" --resume
+  else
+    "$bin" nano pretrain --config "$cfg" --out "$dir"
+  fi
+  prev="$dir/model"
+done
+echo "bundle: $prev"
