@@ -256,26 +256,6 @@ pub struct Batch {
     pub noise: Tensor<3>,
 }
 
-impl Batch {
-    /// Samples `range` of the batch.
-    pub fn slice(&self, range: std::ops::Range<usize>) -> Batch {
-        Batch {
-            x0: self.x0.clone().slice(range.clone()),
-            ids: self.ids.clone().slice(range.clone()),
-            sigmas: self.sigmas[range.clone()].to_vec(),
-            noise: self.noise.clone().slice(range),
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.sigmas.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.sigmas.is_empty()
-    }
-}
-
 /// Writes the nano tokenizer (`tokenizer.json`, `tokenizer_config.json`) into `dir`.
 pub fn write_tokenizer(dir: &Path, cfg: &NanoConfig) -> Result<()> {
     use crate::model::{BOS, EOS, UNK, tokenizer_json};
