@@ -7,8 +7,9 @@
 #
 # DREAMFORGE selects the binary (default target/release/dreamforge); SPLIT=--seen samples
 # prompts of seen combinations instead (to tune sampling settings away from the test prompts);
-# SHORT=1 strips the size words and the position ("a red circle on a blue background"), the
-# partial prompts that only a model pretrained with --attribute-dropout has seen. JOBS=N runs
+# SHORT=1 strips the size words and the position ("a red circle on a blue background"): partial
+# prompts, which `sample` completes for the nano model (pass --exact-prompt as an extra flag to
+# sample them as written, out of the training captions' form). JOBS=N runs
 # N sampling loops of one thread each (faster than one N-thread loop for this small model).
 set -euo pipefail
 bin=${DREAMFORGE:-target/release/dreamforge}

@@ -13,6 +13,10 @@ arrays of fresh scenes and their token ids); samples are judged by `lab_io eval`
         --lab-io target/release/examples/lab_io --judge models/nano-judge/judge.safetensors \
         --config-dir models/nano --steps 3600 --eval-at 1200,2400,3600 --pred v --name base
 
+`--attr-dropout P` leaves each size word and the position out of a caption with probability
+P (the engine's `attribute_dropout`); every evaluation then also judges the held-out prompts
+with sizes and position stripped ("a red circle on a blue background").
+
 Variants: `--pred x` (the network predicts x0, trained through the velocity loss, as in JiT
 "Back to Basics", 2025), `--lr`, `--batch`, `--shift`, `--width/--heads/--double/--single`,
 `--fold` (pixel fold; 2 gives 256 tokens of 48 values).
@@ -107,11 +111,56 @@ def build(a, device):
     return transformer.to(device).train(), text.to(device).train(), tcfg
 
 
+class Vocab:
+    """The word-level nano tokenizer's ids that attribute dropout touches."""
+
+    def __init__(self, data_dir):
+        v = json.loads((Path(data_dir) / "tokenizer/tokenizer.json").read_text())["model"]["vocab"]
+        self.sizes = {v["small"], v["large"]}
+        self.comma = v[","]
+        self.pad = v["<|endoftext|>"]
+
+    def drop(self, ids, p, rng):
+        """`ids` [B, T] (numpy) with each size word and the position (the comma and what
+        follows) left out with probability `p` each — `caption_with` in crates/nano."""
+        out = np.full_like(ids, self.pad)
+        for r, row in enumerate(ids.tolist()):
+            end = row.index(self.pad, 1)
+            words = row[1:end]
+            if self.comma in words and rng.random() < p:
+                words = words[: words.index(self.comma)]
+            words = [w for w in words if not (w in self.sizes and rng.random() < p)]
+            new = row[:1] + words + [self.pad]
+            out[r, : len(new)] = new
+        return out
+
+
+def short_split(a, vocab, empty_len):
+    """The held-out prompts with sizes and position stripped: a split folder for `evaluate`."""
+    d = Path(a.work) / a.name / "short"
+    d.mkdir(parents=True, exist_ok=True)
+    src = Path(a.heldout)
+    ids = np.fromfile(src / "ids.i32", dtype=np.int32).reshape(-1, empty_len)
+    vocab.drop(ids, 1.0, np.random.default_rng(0)).astype(np.int32).tofile(d / "ids.i32")
+    caps = []
+    for c in (src / "captions.txt").read_text().splitlines():
+        c = c.split(",")[0]
+        caps.append(" ".join(w for w in c.split(" ") if w not in ("small", "large")))
+    (d / "captions.txt").write_text("\n".join(caps) + "\n")
+    return d
+
+
 def lr_at(a, step):
+    """The engine's schedule (`dreamforge_train::LrSchedule`): linear warm-up over 2 % of the
+    steps, `--stable-fraction` of the rest held at the peak (warmup-stable-decay), then cosine
+    to `--min-lr` of the peak."""
     warm = max(a.steps // 50, 1)
     if step < warm:
         return a.lr * (step + 1) / warm
-    p = min((step - warm) / max(a.steps - warm, 1), 1.0)
+    start = warm + round((a.steps - warm) * a.stable_fraction)
+    if step < start:
+        return a.lr
+    p = min((step - start) / max(a.steps - start, 1), 1.0)
     return a.lr * (a.min_lr + (1 - a.min_lr) * 0.5 * (1 + math.cos(math.pi * p)))
 
 
@@ -181,10 +230,12 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--min-lr", type=float, default=0.05)
+    ap.add_argument("--stable-fraction", type=float, default=0.0)
     ap.add_argument("--beta2", type=float, default=0.999)
     ap.add_argument("--clip", type=float, default=1.0)
     ap.add_argument("--shift", type=float, default=3.0)
     ap.add_argument("--dropout", type=float, default=0.1)
+    ap.add_argument("--attr-dropout", type=float, default=0.0)
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--pred", choices=["v", "x"], default="v")
     ap.add_argument("--x-clamp", type=float, default=0.05)
@@ -197,12 +248,18 @@ def main():
     ap.add_argument("--sample-steps", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--init-from", help="a diffusers nano bundle to start from (--steps 0: just evaluate it)")
+    ap.add_argument("--tf32", action="store_true",
+                    help="TF32 matrix products on the GPU (faster sweeps; the engine computes in f32)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = ap.parse_args()
     t_start = time.time()
     device = torch.device(a.device)
-    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = a.tf32
     imgs, ids, empty = load_data(a.data)
+    vocab = Vocab(a.data[0])
+    ids_np = ids
+    drop_rng = np.random.default_rng(a.seed + 2)
+    short = short_split(a, vocab, ids.shape[1]) if a.attr_dropout > 0 else None
     imgs = torch.from_numpy(imgs).to(device)
     ids = torch.from_numpy(ids).long().to(device)
     empty = torch.from_numpy(empty).long().to(device).view(1, -1)
@@ -229,7 +286,7 @@ def main():
         transformer.eval(), text.eval()
         rec = {"step": step, "train_s": round(time.time() - t0, 1),
                "loss": float(np.mean(losses[-100:])) if losses else None}
-        for tag, d in [("heldout", a.heldout), ("seen", a.seen)]:
+        for tag, d in [("heldout", a.heldout), ("seen", a.seen), ("short", short)]:
             if d:
                 rec[tag] = evaluate(a, transformer, text, d, tag, step, empty, device, a.cfg)
         for c in [float(c) for c in a.cfg_also.split(",") if c]:
@@ -252,7 +309,10 @@ def main():
         idx = torch.randint(0, imgs.shape[0], (a.batch,), device=device, generator=g)
         x = imgs[idx].permute(0, 3, 1, 2).float() / 127.5 - 1.0
         x0 = pack(x, a.fold)
-        tok = ids[idx]
+        if a.attr_dropout > 0:
+            tok = torch.from_numpy(vocab.drop(ids_np[idx.cpu().numpy()], a.attr_dropout, drop_rng)).long().to(device)
+        else:
+            tok = ids[idx]
         drop = torch.rand(a.batch, device=device, generator=g) < a.dropout
         tok = torch.where(drop[:, None], empty.expand(a.batch, -1), tok)
         sig = torch.sigmoid(torch.randn(a.batch, device=device, generator=g))

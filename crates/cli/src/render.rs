@@ -216,6 +216,9 @@ fn job_args(plan: &Plan, job: usize, seeds: &[u64]) -> anyhow::Result<SampleArgs
     if f.share_attention == Some(true) {
         v.push("--share-attention".into());
     }
+    if f.ref_blend == Some(true) {
+        v.push("--ref-blend".into());
+    }
     for (p, s, _) in &j.adapters {
         v.push(format!("--lora={}:{s}", p.display()));
     }

@@ -2,8 +2,8 @@
 //! built-in nano model, measured by its judge: with replacement through the whole schedule
 //! (τ = 0) the subject is reconstructed; a shift moves it against the prompt's position; a new
 //! prompt changes the background while the subject stays; two subjects land in their places;
-//! with replacement never active (τ = 1) the references change nothing. Bad input refused with
-//! one clear line.
+//! with replacement never active (τ = 1) the references change nothing; inpainting keeps the
+//! masked half (exactly with `--ref-blend`). Bad input refused with one clear line.
 
 mod common;
 
@@ -309,9 +309,8 @@ fn inpainting_and_outpainting_keep_what_the_mask_keeps() {
     image::GrayImage::from_fn(64, 64, |x, _| image::Luma([if x >= 32 { 255 } else { 0 }]))
         .save(&keep)
         .unwrap();
-    let out = sample(
-        &dir.path().join("inpaint"),
-        &[
+    let inpaint = |name: &str, extra: &[&str]| {
+        let mut args = vec![
             "--prompt",
             DF_PROMPT,
             "--ref",
@@ -320,9 +319,13 @@ fn inpainting_and_outpainting_keep_what_the_mask_keeps() {
             keep.to_str().unwrap(),
             "--tau",
             "0",
-        ],
-    );
-    let got = image::open(&out).unwrap().to_rgb8();
+        ];
+        args.extend_from_slice(extra);
+        image::open(sample(&dir.path().join(name), &args))
+            .unwrap()
+            .to_rgb8()
+    };
+    let got = inpaint("inpaint", &[]);
     let half_error = |a: &image::RgbImage, xs: std::ops::Range<u32>| {
         let mut s = 0f64;
         for y in 0..64 {
@@ -334,10 +337,28 @@ fn inpainting_and_outpainting_keep_what_the_mask_keeps() {
         }
         s / (64.0 * xs.len() as f64 * 3.0)
     };
-    let (kept, regenerated) = (half_error(&got, 32..64), half_error(&got, 0..32));
+    // Token replacement alone keeps the right half much closer to the original than the same
+    // seed and prompt without the reference (measured 32 vs 80 levels with the shipped model;
+    // the replaced attention inputs steer, they do not copy: the nano model blurs the dots).
+    let plain = image::open(sample(&dir.path().join("plain"), &["--prompt", DF_PROMPT]))
+        .unwrap()
+        .to_rgb8();
+    let (kept, without) = (half_error(&got, 32..64), half_error(&plain, 32..64));
     assert!(
-        kept < 0.5 * regenerated,
-        "kept half {kept}, regenerated half {regenerated}"
+        kept < 0.5 * without,
+        "kept half {kept} levels, {without} without the reference"
+    );
+    // With latent blending the kept half comes back exactly (the pixel-space autoencoder is
+    // lossless: only the final rounding is left), and the left half is still generated.
+    let blended = inpaint("blend", &["--ref-blend"]);
+    let (kept, regenerated) = (half_error(&blended, 32..64), half_error(&blended, 0..32));
+    assert!(
+        kept < 0.5,
+        "blended kept half {kept} levels from the original"
+    );
+    assert!(
+        regenerated > 10.0,
+        "the regenerated half ({regenerated} levels) is not a copy of the original"
     );
     // Outpainting: the top-right 32×32 quarter, pasted at the centre of the 64×64 canvas.
     let crop = dir.path().join("crop.png");

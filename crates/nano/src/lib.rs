@@ -16,6 +16,6 @@ pub mod render;
 pub mod scene;
 pub mod subject;
 
-pub use caption::{ParseError, caption, parse, vocabulary};
+pub use caption::{ParseError, caption, complete_prompt, parse, vocabulary};
 pub use render::render;
 pub use scene::{Colour, Obj, Position, Scene, Shape, Size, held_out, sample_scene};

@@ -273,7 +273,7 @@ pub fn write_bundle(
         &json!({
             "_class_name": "FluxPipeline",
             "_diffusers_version": "0.35.0",
-            "_dreamforge_sample": {"steps": 20, "true_cfg_scale": 4.0, "negative_prompt": "", "tau": 0.0},
+            "_dreamforge_sample": {"steps": 20, "true_cfg_scale": 4.0, "negative_prompt": "", "tau": 0.0, "complete_prompt": "nano"},
             "_dreamforge_train": {"optimizer": "adamw", "lr": 1e-3, "steps": 300},
             "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
             "text_encoder": ["transformers", "CLIPTextModel"],

@@ -15,6 +15,13 @@
 //! CFG apply as in [`FluxPipeline::generate`]; with CFG the negative pass replaces too.
 //! Inpainting (the reference is the image itself, its mask what to keep) and outpainting (the
 //! subject pasted onto a larger canvas) are the same call with other references.
+//!
+//! Optional latent blending (`blend`, not in the released code): after every step the
+//! generation's tokens at each reference's destinations are set to that reference's latent
+//! re-noised to the new σ — diffusers' `FluxInpaintPipeline` mask blending
+//! (`latents = (1 − mask)·init_latents_proper + mask·latents`) on the token grid — so what an
+//! inpainting mask keeps (or an outpainting canvas pastes) comes back exactly, while the
+//! replaced attention inputs keep the rest of the image in harmony with it.
 
 use burn::tensor::Tensor;
 
@@ -48,6 +55,9 @@ pub struct Personalization {
     /// tokens (their K/V, with the RoPE of where they land) — the paper's late-stage
     /// "multi-modal attention"; the released code's `concept_process` (off by default there).
     pub share_attention: bool,
+    /// Latent blending: after every step, each reference's destination tokens are set to its
+    /// source tokens re-noised to the new σ (the final image keeps them exactly).
+    pub blend: bool,
 }
 
 /// The seed of reference `i`'s re-noising Gaussian for the image with `seed`.
@@ -166,6 +176,31 @@ impl FluxPipeline {
             .config
             .guidance_embeds
             .then(|| vec![r.guidance; rows]);
+        // Latent blending: the references' clean latents moved to their destinations, and the
+        // destination mask `[1, L, 1]`.
+        let d = c * 4;
+        let scatter = |lat: &[Tensor<3>]| -> Tensor<3> {
+            let mut out = vec![0f32; l * d];
+            for (rf, t) in p.references.iter().zip(lat) {
+                let src = to_host(t.clone()).data;
+                for &(s, dst) in &rf.pairs {
+                    out[dst * d..(dst + 1) * d].copy_from_slice(&src[s * d..(s + 1) * d]);
+                }
+            }
+            HostTensor::new(vec![1, l, d], out).to_device(&self.device)
+        };
+        let blend = p.blend.then(|| {
+            let mut m = vec![0f32; l];
+            for rf in &p.references {
+                for &(_, dst) in &rf.pairs {
+                    m[dst] = 1.0;
+                }
+            }
+            (
+                scatter(&y0),
+                HostTensor::new(vec![1, l, 1], m).to_device(&self.device),
+            )
+        });
         let mut images = Vec::new();
         for n in 0..r.num_images {
             let seed = r.image_seed(n);
@@ -211,7 +246,17 @@ impl FluxPipeline {
                     None => Ok(v),
                 }
             };
-            let step = |info: StepInfo, x: Tensor<3>| on_step(info).then_some(x);
+            let blend_to = blend.as_ref().map(|(y0d, m)| (y0d, scatter(&y1), m));
+            let step = |info: StepInfo, x: Tensor<3>| {
+                let sigma = info.sigma;
+                on_step(info).then(|| match &blend_to {
+                    Some((y0d, y1d, m)) => {
+                        let kept = (*y0d).clone() * (1.0 - sigma) + y1d.clone() * sigma;
+                        x * ((*m).clone().neg() + 1.0) + kept * (*m).clone()
+                    }
+                    None => x,
+                })
+            };
             let Some(latents) = sample_euler(noise, &schedule.sigmas, denoise, step)? else {
                 return Ok(None);
             };

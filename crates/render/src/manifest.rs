@@ -53,6 +53,8 @@ pub struct JobFields {
     pub tau: Option<f32>,
     /// Attention sharing below τ (as `sample --share-attention`).
     pub share_attention: Option<bool>,
+    /// Latent blending of the references' regions (as `sample --ref-blend`).
+    pub ref_blend: Option<bool>,
     /// Sub-folder of the output folder (relative, never leaving it).
     pub output: Option<String>,
 }
@@ -165,6 +167,7 @@ impl JobFields {
             references: self.references.clone().or(lower.references.clone()),
             tau: self.tau.or(lower.tau),
             share_attention: self.share_attention.or(lower.share_attention),
+            ref_blend: self.ref_blend.or(lower.ref_blend),
             output: self.output.clone().or(lower.output.clone()),
         }
     }

@@ -292,7 +292,7 @@ fn resolve(
             prompt: r.prompt.clone().unwrap_or_default(),
         });
     }
-    let canonical = serde_json::json!({
+    let mut canonical = serde_json::json!({
         "v": 1,
         "prompt": prompt,
         "negative_prompt": f.negative_prompt,
@@ -309,6 +309,10 @@ fn resolve(
         "tau": f.tau,
         "share_attention": f.share_attention.unwrap_or(false),
     });
+    // Only when on, so that the keys of jobs written before the field existed stay the same.
+    if f.ref_blend == Some(true) {
+        canonical["ref_blend"] = serde_json::Value::Bool(true);
+    }
     let key = hex(&Sha256::digest(canonical.to_string()));
     let seeds = match seeds {
         Some(s) => s,

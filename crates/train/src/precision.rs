@@ -41,6 +41,15 @@ impl Precision {
         }
     }
 
+    /// The name `parse` reads and messages print.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
+        }
+    }
+
     /// Parses `f32`, `bf16`, `f16` (also `fp32`, `fp16`, `float16`, `bfloat16`).
     pub fn parse(s: &str) -> Option<Self> {
         match s.to_ascii_lowercase().as_str() {

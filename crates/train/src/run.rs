@@ -101,6 +101,28 @@ pub enum RunError {
         "{path}: a run is already here (checkpoint at step {step}); pass --resume to continue it, or choose another --out"
     )]
     Exists { path: PathBuf, step: u64 },
+    #[error(
+        "--precision {precision}: the device {device} cannot compute in {precision} (wgpu's shading language has no bf16); use f16 or f32 there, or bf16 on cuda"
+    )]
+    UnsupportedPrecision { precision: String, device: String },
+}
+
+/// Refuses a compute precision the model's device cannot run: Burn documents that computing
+/// in an unsupported float type gives backend-dependent garbage (on wgpu, bf16 kernels fail to
+/// compile on a device thread and the run logs losses of 0).
+pub fn check_precision<M: Module>(model: &M, precision: Precision) -> Result<(), RunError> {
+    if precision == Precision::F32 {
+        return Ok(());
+    }
+    match model.devices().first() {
+        Some(device) if !device.supports_dtype(precision.dtype()) => {
+            Err(RunError::UnsupportedPrecision {
+                precision: precision.name().into(),
+                device: format!("{device:?}"),
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// A run's fixed settings.
@@ -157,6 +179,7 @@ impl Trainer<'_> {
         M: Module + Clone,
         C: Serialize + DeserializeOwned,
     {
+        check_precision(&model, self.precision)?;
         let ck = self.checkpoint_dir();
         let fresh_state = RunState {
             step: 0,
@@ -579,5 +602,15 @@ mod tests {
         assert_ne!(w(&straight.model), w(&model(&d)));
         assert_eq!(w(&straight.model), w(&resumed.model));
         assert_eq!(losses(&a), losses(&b));
+    }
+
+    /// The CPU backend computes every precision; a device without the compute type would be
+    /// refused before any step (on wgpu, bf16: see `check_precision`).
+    #[test]
+    fn precision_check_follows_the_device() {
+        let d = Device::flex().autodiff();
+        for p in [Precision::F32, Precision::Bf16, Precision::F16] {
+            assert!(check_precision(&model(&d), p).is_ok(), "{p:?} on flex");
+        }
     }
 }

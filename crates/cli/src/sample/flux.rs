@@ -65,8 +65,17 @@ pub(crate) fn generate(
     );
     let mut notices = Vec::new();
     let init = init_image(a, width, height, &mut notices)?;
+    let completed = match defaults.complete_prompt.as_deref() {
+        Some("nano") if !a.exact_prompt => dreamforge_nano::complete_prompt(&a.prompt, ctx.seed),
+        _ => None,
+    };
+    if let Some(c) = &completed {
+        notices.push(format!(
+            "this model was trained on full captions: sampling \"{c}\" (what the prompt leaves open is drawn from the seed; --exact-prompt samples it as written)"
+        ));
+    }
     let req = FluxRequest {
-        prompt: a.prompt.clone(),
+        prompt: completed.clone().unwrap_or_else(|| a.prompt.clone()),
         negative_prompt: a
             .negative_prompt
             .clone()
@@ -122,6 +131,7 @@ pub(crate) fn generate(
     let model = model_name(&a.model);
     let common = ctx.metadata(a);
     let r2 = req.clone();
+    let user_prompt = a.prompt.clone();
     let steps = req.steps;
     Ok(Some(Rendered {
         images: out.images,
@@ -131,7 +141,8 @@ pub(crate) fn generate(
             let init = r2.init.as_ref();
             let mut v = serde_json::json!({
                 "family": "flux",
-                "prompt": r2.prompt,
+                "prompt": user_prompt,
+                "sampled_prompt": completed.as_ref().map(|_| r2.prompt.clone()),
                 "negative_prompt": r2.negative_prompt,
                 "true_cfg_scale": r2.true_cfg_scale,
                 "guidance": if distilled { Some(r2.guidance) } else { None },
@@ -165,6 +176,8 @@ pub(crate) struct SampleDefaults {
     pub tau: Option<f32>,
     pub true_cfg_scale: Option<f32>,
     pub negative_prompt: Option<String>,
+    /// `"nano"`: complete prompts that leave attributes open (`dreamforge_nano::complete_prompt`).
+    pub complete_prompt: Option<String>,
 }
 
 pub(crate) fn sample_defaults(model: &std::path::Path) -> SampleDefaults {

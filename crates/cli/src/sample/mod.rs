@@ -33,6 +33,11 @@ pub struct SampleArgs {
     /// Prompt text.
     #[arg(long)]
     pub prompt: String,
+    /// Sample the prompt as written. By default a model that declares prompt completion (the
+    /// nano model, trained on full captions only) gets what the prompt leaves open filled in,
+    /// drawn from the seed, and the filled-in prompt is reported.
+    #[arg(long)]
+    pub exact_prompt: bool,
     /// Negative prompt (SD: used with --guidance > 1; FLUX: with --true-cfg > 1).
     #[arg(long)]
     pub negative_prompt: Option<String>,
@@ -154,6 +159,11 @@ pub struct SampleArgs {
     /// values, placed where they land) instead of plain attention.
     #[arg(long)]
     pub share_attention: bool,
+    /// Latent blending: after every step, put each reference's own (re-noised) tokens back at
+    /// their destinations, so the region an inpainting mask keeps (or an outpainting canvas
+    /// pastes) comes back exactly (diffusers' `FluxInpaintPipeline` blending).
+    #[arg(long)]
+    pub ref_blend: bool,
     /// Hide the progress bar.
     #[arg(long)]
     pub quiet: bool,

@@ -37,6 +37,7 @@ pub fn check_flags(a: &SampleArgs) -> Result<(), Error> {
             ("--mask-grow", a.mask_grow != 0),
             ("--shuffle-radius", a.shuffle_radius != 0),
             ("--share-attention", a.share_attention),
+            ("--ref-blend", a.ref_blend),
         ] {
             if given {
                 return Err(Error::InvalidInput(format!("{flag} needs a --ref image")));
@@ -219,6 +220,7 @@ pub fn load(
     Ok(Personalization {
         tau: a.tau.or(default_tau).unwrap_or(DEFAULT_TAU),
         share_attention: a.share_attention,
+        blend: a.ref_blend,
         references: images
             .into_iter()
             .zip(placed)
@@ -245,6 +247,7 @@ pub fn metadata(a: &SampleArgs, p: &Personalization) -> serde_json::Value {
         "shuffle_radius": a.shuffle_radius,
         "perturb_seed": a.perturb_seed,
         "share_attention": p.share_attention,
+        "blend": p.blend,
         "references": a.refs.iter().enumerate().map(|(i, r)| serde_json::json!({
             "image": r.display().to_string(),
             "mask": a.ref_masks.get(i).map(|m| m.display().to_string()),
