@@ -3,8 +3,8 @@
 //! the nano model, sampled through the ordinary FLUX pipeline at its shipped defaults on
 //! prompts whose (shape, colour) combinations were never captioned in pretraining, gets right
 //! what it reliably learned — the background colour, as the judge reads it. (Its full prompt
-//! fidelity, 20.5 % on 200 held-out prompts, is below the 90 % target so far: shapes are
-//! learned last; the measured rates are in docs/NANO.md.)
+//! fidelity on 200 held-out prompts is measured by `tools/nano/fidelity.sh`; the rates are in
+//! docs/NANO.md.)
 
 use std::path::{Path, PathBuf};
 
