@@ -91,8 +91,8 @@ pub struct PretrainArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// Optimizer steps. The defaults are the recipe of the shipped models/nano (docs/NANO.md):
-    /// 1700 steps × 128 scenes, peak rate 6e-4 held for 70 % of the steps after the warm-up.
-    #[arg(long, default_value_t = 1700)]
+    /// 1900 steps × 128 scenes, peak rate 6e-4 held for 70 % of the steps after the warm-up.
+    #[arg(long, default_value_t = 1900)]
     pub steps: u64,
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,

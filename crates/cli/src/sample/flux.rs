@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use dreamforge_core::Error;
+use dreamforge_core::{Error, HostTensor};
 use dreamforge_pipeline::family::check_components_family;
 use dreamforge_pipeline::{FluxComponents, FluxPipeline, FluxRequest};
 
@@ -65,17 +65,42 @@ pub(crate) fn generate(
     );
     let mut notices = Vec::new();
     let init = init_image(a, width, height, &mut notices)?;
-    let completed = match defaults.complete_prompt.as_deref() {
-        Some("nano") if !a.exact_prompt => dreamforge_nano::complete_prompt(&a.prompt, ctx.seed),
-        _ => None,
+    let num_images = if a.seeds.is_empty() {
+        a.num_images
+    } else {
+        a.seeds.len()
     };
-    if let Some(c) = &completed {
+    let image_seed = |i: usize| a.seeds.get(i).copied().unwrap_or(ctx.seed + i as u64);
+    // Completion is per image, from the image's own seed: the same seed gives the same caption
+    // whether the image is sampled alone, in a batch, or by `render`.
+    let complete = matches!(defaults.complete_prompt.as_deref(), Some("nano")) && !a.exact_prompt;
+    let user_prompt = a.prompt.clone();
+    let completion = move |seed: u64| {
+        complete
+            .then(|| dreamforge_nano::complete_prompt(&user_prompt, seed))
+            .flatten()
+    };
+    let completed: Vec<Option<String>> =
+        (0..num_images).map(|i| completion(image_seed(i))).collect();
+    if completed.iter().any(Option::is_some) {
+        let shown: Vec<String> = completed
+            .iter()
+            .flatten()
+            .take(4)
+            .map(|c| format!("\"{c}\""))
+            .collect();
+        let more = if num_images > shown.len() {
+            ", …"
+        } else {
+            ""
+        };
         notices.push(format!(
-            "this model was trained on full captions: sampling \"{c}\" (what the prompt leaves open is drawn from the seed; --exact-prompt samples it as written)"
+            "this model was trained on full captions: sampling {}{more} (what the prompt leaves open is drawn from each image's seed; --exact-prompt samples it as written)",
+            shown.join(", ")
         ));
     }
     let req = FluxRequest {
-        prompt: completed.clone().unwrap_or_else(|| a.prompt.clone()),
+        prompt: a.prompt.clone(),
         negative_prompt: a
             .negative_prompt
             .clone()
@@ -88,11 +113,7 @@ pub(crate) fn generate(
             .unwrap_or(if distilled { 28 } else { 4 }),
         width,
         height,
-        num_images: if a.seeds.is_empty() {
-            a.num_images
-        } else {
-            a.seeds.len()
-        },
+        num_images,
         seed: ctx.seed,
         image_seeds: a.seeds.clone(),
         max_sequence_length: a
@@ -117,10 +138,48 @@ pub(crate) fn generate(
         }
     }
     let bar = ctx.bar(a.quiet, req.steps);
-    let out = match &personalization {
-        Some(p) => pipe.generate_personalized(&req, p, ctx.on_step(&bar))?,
-        None => pipe.generate(&req, ctx.on_step(&bar))?,
-    };
+    // Consecutive images with the same prompt share a forward pass.
+    let mut images: Option<HostTensor> = None;
+    let mut warnings: Vec<String> = Vec::new();
+    let mut start = 0;
+    while start < num_images {
+        let len = completed[start..]
+            .iter()
+            .take_while(|c| **c == completed[start])
+            .count();
+        let part = FluxRequest {
+            prompt: completed[start]
+                .clone()
+                .unwrap_or_else(|| req.prompt.clone()),
+            num_images: len,
+            image_seeds: (start..start + len).map(image_seed).collect(),
+            noise: req.noise.as_ref().map(|n| rows(n, start, len, num_images)),
+            ..req.clone()
+        };
+        let out = match &personalization {
+            Some(p) => pipe.generate_personalized(&part, p, ctx.on_step(&bar))?,
+            None => pipe.generate(&part, ctx.on_step(&bar))?,
+        };
+        let Some(out) = out else {
+            ctx.finish(&bar);
+            return Ok(None);
+        };
+        for w in out.warnings {
+            if !warnings.contains(&w) {
+                warnings.push(w);
+            }
+        }
+        images = Some(match images {
+            None => out.images,
+            Some(mut all) => {
+                all.shape[0] += out.images.shape[0];
+                all.data.extend_from_slice(&out.images.data);
+                all
+            }
+        });
+        start += len;
+    }
+    let out = images.map(|images| dreamforge_pipeline::FluxOutput { images, warnings });
     let ref_meta = personalization
         .as_ref()
         .map(|p| super::reference::metadata(a, p));
@@ -131,18 +190,25 @@ pub(crate) fn generate(
     let model = model_name(&a.model);
     let common = ctx.metadata(a);
     let r2 = req.clone();
+    let completion_p = completion.clone();
     let user_prompt = a.prompt.clone();
     let steps = req.steps;
     Ok(Some(Rendered {
         images: out.images,
         warnings: out.warnings,
-        parameters: Box::new(move |seed| a1111_parameters(&req, seed, &model, distilled)),
+        parameters: Box::new(move |seed| {
+            let r = FluxRequest {
+                prompt: completion_p(seed).unwrap_or_else(|| req.prompt.clone()),
+                ..req.clone()
+            };
+            a1111_parameters(&r, seed, &model, distilled)
+        }),
         json: Box::new(move |seed| {
             let init = r2.init.as_ref();
             let mut v = serde_json::json!({
                 "family": "flux",
                 "prompt": user_prompt,
-                "sampled_prompt": completed.as_ref().map(|_| r2.prompt.clone()),
+                "sampled_prompt": completion(seed),
                 "negative_prompt": r2.negative_prompt,
                 "true_cfg_scale": r2.true_cfg_scale,
                 "guidance": if distilled { Some(r2.guidance) } else { None },
@@ -186,6 +252,17 @@ pub(crate) fn sample_defaults(model: &std::path::Path) -> SampleDefaults {
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
         .and_then(|v| serde_json::from_value(v.get("_dreamforge_sample")?.clone()).ok())
         .unwrap_or_default()
+}
+
+/// Rows `start..start + len` of `t`, whose first dimension is `n` (or 1: shared by all).
+fn rows(t: &HostTensor, start: usize, len: usize, n: usize) -> HostTensor {
+    if t.shape[0] != n {
+        return t.clone();
+    }
+    let row = t.data.len() / n.max(1);
+    let mut shape = t.shape.clone();
+    shape[0] = len;
+    HostTensor::new(shape, t.data[start * row..(start + len) * row].to_vec())
 }
 
 fn a1111_parameters(r: &FluxRequest, seed: u64, model: &str, distilled: bool) -> String {
