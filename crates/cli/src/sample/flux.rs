@@ -70,7 +70,6 @@ pub(crate) fn generate(
     } else {
         a.seeds.len()
     };
-    let image_seed = |i: usize| a.seeds.get(i).copied().unwrap_or(ctx.seed + i as u64);
     // Completion is per image, from the image's own seed: the same seed gives the same caption
     // whether the image is sampled alone, in a batch, or by `render`.
     let complete = matches!(defaults.complete_prompt.as_deref(), Some("nano")) && !a.exact_prompt;
@@ -80,25 +79,6 @@ pub(crate) fn generate(
             .then(|| dreamforge_nano::complete_prompt(&user_prompt, seed))
             .flatten()
     };
-    let completed: Vec<Option<String>> =
-        (0..num_images).map(|i| completion(image_seed(i))).collect();
-    if completed.iter().any(Option::is_some) {
-        let shown: Vec<String> = completed
-            .iter()
-            .flatten()
-            .take(4)
-            .map(|c| format!("\"{c}\""))
-            .collect();
-        let more = if num_images > shown.len() {
-            ", …"
-        } else {
-            ""
-        };
-        notices.push(format!(
-            "this model was trained on full captions: sampling {}{more} (what the prompt leaves open is drawn from each image's seed; --exact-prompt samples it as written)",
-            shown.join(", ")
-        ));
-    }
     let req = FluxRequest {
         prompt: a.prompt.clone(),
         negative_prompt: a
@@ -123,6 +103,26 @@ pub(crate) fn generate(
         init,
     };
     pipe.validate(&req)?;
+    let completed: Vec<Option<String>> = (0..num_images)
+        .map(|i| completion(req.image_seed(i)))
+        .collect();
+    if completed.iter().any(Option::is_some) {
+        let shown: Vec<String> = completed
+            .iter()
+            .flatten()
+            .take(4)
+            .map(|c| format!("\"{c}\""))
+            .collect();
+        let more = if num_images > shown.len() {
+            ", …"
+        } else {
+            ""
+        };
+        notices.push(format!(
+            "this model was trained on full captions: sampling {}{more} (what the prompt leaves open is drawn from each image's seed; --exact-prompt samples it as written)",
+            shown.join(", ")
+        ));
+    }
     let personalization = super::reference::wanted(a)
         .then(|| super::reference::load(a, pipe, width, height, defaults.tau, &mut notices))
         .transpose()?;
@@ -152,7 +152,7 @@ pub(crate) fn generate(
                 .clone()
                 .unwrap_or_else(|| req.prompt.clone()),
             num_images: len,
-            image_seeds: (start..start + len).map(image_seed).collect(),
+            image_seeds: (start..start + len).map(|i| req.image_seed(i)).collect(),
             noise: req.noise.as_ref().map(|n| rows(n, start, len, num_images)),
             ..req.clone()
         };
