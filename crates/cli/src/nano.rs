@@ -90,7 +90,7 @@ pub struct PretrainArgs {
     /// Run folder: checkpoint/, loss.jsonl, run_config.json and the exported model/.
     #[arg(long)]
     pub out: PathBuf,
-    /// Optimizer steps. The defaults are the recipe of the shipped models/nano (docs/NANO.md):
+    /// Optimizer steps. The defaults are the GPU laboratory's one-run recipe (docs/NANO.md):
     /// 1900 steps × 128 scenes, peak rate 6e-4 held for 70 % of the steps after the warm-up.
     #[arg(long, default_value_t = 1900)]
     pub steps: u64,
