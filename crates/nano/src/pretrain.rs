@@ -184,14 +184,26 @@ impl Pretrainer {
     /// The next batch on `device`: scenes and captions from the data stream, then σ and noise
     /// from the noise stream (the draw order every run and checkpoint relies on).
     pub fn batch(&self, rngs: &mut Rngs, device: &Device) -> Batch {
+        let (_, batch) = self
+            .sharded_batch(rngs, device, 1)
+            .pop()
+            .expect("one shard");
+        batch
+    }
+
+    /// The next batch (drawn as [`Pretrainer::batch`] draws it) split into `shards` runs of
+    /// consecutive samples (sizes differing by at most one), each with its share of the batch
+    /// as weight: the input of [`dreamforge_train::Trainer::run_sharded`].
+    pub fn sharded_batch(
+        &self,
+        rngs: &mut Rngs,
+        device: &Device,
+        shards: usize,
+    ) -> Vec<(f32, Batch)> {
         let (scenes, captions) = self.draw(&mut rngs.data);
         let b = scenes.len();
         let x0 = self.clean_latents(&scenes, device);
         let [_, l, c] = x0.dims();
-        let texts: Vec<&str> = captions.iter().map(String::as_str).collect();
-        let ids = self
-            .token_ids(&texts, device)
-            .expect("nano captions tokenize");
         let sigmas =
             self.config
                 .timesteps
@@ -199,13 +211,35 @@ impl Pretrainer {
         let noise: Vec<f32> = (0..b * l * c)
             .map(|_| StandardNormal.sample(&mut rngs.noise))
             .collect();
-        let noise = Tensor::<3>::from_data(TensorData::new(noise, [b, l, c]), device);
-        Batch {
-            x0,
-            ids,
-            sigmas,
-            noise,
+        let k = shards.clamp(1, b.max(1));
+        let mut out = Vec::with_capacity(k);
+        let mut start = 0;
+        for i in 0..k {
+            let n = b / k + usize::from(i < b % k);
+            let texts: Vec<&str> = captions[start..start + n]
+                .iter()
+                .map(String::as_str)
+                .collect();
+            let ids = self
+                .token_ids(&texts, device)
+                .expect("nano captions tokenize");
+            let rows = noise[start * l * c..(start + n) * l * c].to_vec();
+            out.push((
+                n as f32 / b as f32,
+                Batch {
+                    x0: if k == 1 {
+                        x0.clone()
+                    } else {
+                        x0.clone().narrow(0, start, n)
+                    },
+                    ids,
+                    sigmas: sigmas[start..start + n].to_vec(),
+                    noise: Tensor::<3>::from_data(TensorData::new(rows, [n, l, c]), device),
+                },
+            ));
+            start += n;
         }
+        out
     }
 
     /// The flow-matching loss (mean over the batch) of `model` on `batch`.

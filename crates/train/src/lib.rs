@@ -29,6 +29,6 @@ pub use run::{Outcome, Progress, Rngs, RunError, RunOutput, RunState, Trainer};
 pub use schedule::{LrSchedule, ScheduleKind};
 pub use step::{
     NonFiniteLoss, clip_global_norm, train_step, train_step_accumulated, train_step_clipped,
-    train_step_mixed,
+    train_step_mixed, train_step_sharded,
 };
 pub use timesteps::TimestepSampling;

@@ -17,7 +17,10 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::checkpoint::{self, CheckpointError};
 use crate::log::{LogLine, LossLog};
-use crate::{LossScale, LrSchedule, OptimizerConfig, Precision, RngState, train_step_mixed};
+use crate::{
+    LossScale, LrSchedule, OptimizerConfig, Precision, RngState, train_step_mixed,
+    train_step_sharded,
+};
 
 /// The loop's position, saved in every checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -173,6 +176,73 @@ impl Trainer<'_> {
         model: M,
         resume: bool,
         mut loss: impl FnMut(&M, &mut Rngs, u64) -> Tensor<1>,
+        progress: impl FnMut(&Progress, &M, Option<&M>),
+    ) -> Result<RunOutput<M>, RunError>
+    where
+        M: Module + Clone,
+        C: Serialize + DeserializeOwned,
+    {
+        let precision = self.precision;
+        self.run_steps(
+            config,
+            model,
+            resume,
+            |model, optim, lr, clip, scale, rngs, step| {
+                train_step_mixed(model, optim, lr, clip, precision, scale, |m| {
+                    loss(m, rngs, step)
+                })
+            },
+            progress,
+        )
+    }
+
+    /// [`Trainer::run`] with each step's batch split into shards computed concurrently (see
+    /// [`train_step_sharded`]): `batch(rngs, step)` draws the step's batch from the streams,
+    /// as `(weight, shard)` pairs whose weights sum to 1, and `loss(model, shard)` is a
+    /// shard's mean loss. The update is the unsharded one up to float summation order, so the
+    /// shard count is not part of the run config (a run may resume with another).
+    pub fn run_sharded<M, C, S>(
+        &self,
+        config: &C,
+        model: M,
+        resume: bool,
+        mut batch: impl FnMut(&mut Rngs, u64) -> Vec<(f32, S)>,
+        loss: impl Fn(&M, S) -> Tensor<1> + Sync,
+        progress: impl FnMut(&Progress, &M, Option<&M>),
+    ) -> Result<RunOutput<M>, RunError>
+    where
+        M: Module + Clone,
+        C: Serialize + DeserializeOwned,
+        S: Send,
+    {
+        let precision = self.precision;
+        self.run_steps(
+            config,
+            model,
+            resume,
+            |model, optim, lr, clip, scale, rngs, step| {
+                let shards = batch(rngs, step);
+                train_step_sharded(model, optim, lr, clip, precision, scale, shards, &loss)
+            },
+            progress,
+        )
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn run_steps<M, C>(
+        &self,
+        config: &C,
+        model: M,
+        resume: bool,
+        mut step_fn: impl FnMut(
+            M,
+            &mut crate::optim::Optimizer,
+            f64,
+            Option<f32>,
+            &mut LossScale,
+            &mut Rngs,
+            u64,
+        ) -> (M, Result<f32, crate::NonFiniteLoss>),
         mut progress: impl FnMut(&Progress, &M, Option<&M>),
     ) -> Result<RunOutput<M>, RunError>
     where
@@ -277,14 +347,14 @@ impl Trainer<'_> {
             }
             let lr = self.schedule.lr(self.base_lr, step);
             let clip = self.optimizer.global_clip();
-            let (m, r) = train_step_mixed(
+            let (m, r) = step_fn(
                 model,
                 &mut optim,
                 lr,
                 clip,
-                self.precision,
                 &mut loss_scale,
-                |m| loss(m, &mut rngs, step),
+                &mut rngs,
+                step,
             );
             model = m;
             let value = match r {
@@ -527,6 +597,79 @@ mod tests {
             assert!((x - y).abs() < 1e-6);
         }
         assert!(w(&ea).iter().zip(w(&ma)).any(|(x, y)| (x - y).abs() > 1e-4));
+    }
+
+    /// [`loss`]'s batch drawn the same way, split into `k` row runs with their weights.
+    fn shards(r: &mut Rngs, d: &Device, k: usize) -> Vec<(f32, (Tensor<2>, Tensor<2>))> {
+        let x: Vec<f32> = (0..32).map(|_| r.data.random_range(-1.0..1.0)).collect();
+        let j: Vec<f32> = (0..24).map(|_| r.noise.random_range(-0.01..0.01)).collect();
+        let x = Tensor::<2>::from_data(TensorData::new(x, [8, 4]), d);
+        let target = x.clone().sum_dim(1).repeat_dim(1, 3)
+            + Tensor::<2>::from_data(TensorData::new(j, [8, 3]), d);
+        let bounds: Vec<usize> = (0..=k).map(|i| i * 8 / k).collect();
+        bounds
+            .windows(2)
+            .map(|w| {
+                let n = w[1] - w[0];
+                let xs = x.clone().slice([w[0]..w[1], 0..4]);
+                let ts = target.clone().slice([w[0]..w[1], 0..3]);
+                (n as f32 / 8.0, (xs, ts))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_sharded_run_follows_the_unsharded_one_and_resumes_with_another_shard_count() {
+        let d = Device::flex().autodiff();
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = serde_json::json!({});
+        let never = AtomicBool::new(false);
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        let shard_loss =
+            |m: &Linear, (x, t): (Tensor<2>, Tensor<2>)| (m.forward(x) - t).square().mean();
+        let plain = trainer(&a, &never)
+            .run(
+                &cfg,
+                model(&d),
+                false,
+                |m, r, _| loss(m, r, &d, false),
+                |_, _, _| {},
+            )
+            .unwrap();
+        // Two shards, stopped after step 3; resumed with three (4 + 4 rows, then 2 + 3 + 3).
+        let stop = AtomicBool::new(false);
+        let out = trainer(&b, &stop)
+            .run_sharded(
+                &cfg,
+                model(&d),
+                false,
+                |r, _| shards(r, &d, 2),
+                shard_loss,
+                |p, _, _| stop.store(p.step == 3, Ordering::SeqCst),
+            )
+            .unwrap();
+        assert_eq!(out.outcome, Outcome::Stopped { step: 3 });
+        let resumed = trainer(&b, &never)
+            .run_sharded(
+                &cfg,
+                model(&d),
+                true,
+                |r, _| shards(r, &d, 3),
+                shard_loss,
+                |_, _, _| {},
+            )
+            .unwrap();
+        assert_eq!(resumed.outcome, Outcome::Finished);
+        let (la, lb) = (losses(&a), losses(&b));
+        assert_eq!(lb.len(), 6);
+        for (x, y) in la.iter().zip(&lb) {
+            assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{la:?} vs {lb:?}");
+        }
+        let w = |m: &Linear| m.weight.val().into_data().try_to_vec::<f32>().unwrap();
+        assert_ne!(w(&plain.model), w(&model(&d)));
+        for (x, y) in w(&plain.model).iter().zip(w(&resumed.model)) {
+            assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+        }
     }
 
     #[test]

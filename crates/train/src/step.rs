@@ -3,9 +3,9 @@
 //! makes no update (the model comes back unchanged) and is reported, so the run can stop with
 //! its last good checkpoint.
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
-use burn::tensor::Tensor;
+use burn::tensor::{FloatDType, Tensor};
 
 use crate::optim::ModelOptimizer;
 use crate::precision::{LossScale, Precision, cast_params, grads_finite};
@@ -68,19 +68,123 @@ pub fn train_step_mixed<M: Module>(
     if precision == Precision::F32 {
         return train_step_clipped(model, optim, lr, global_clip, loss);
     }
+    let factor = loss_factor(precision, scale);
     let low = cast_params(model.clone(), precision.dtype());
-    let l = loss(&low).cast(burn::tensor::FloatDType::F32);
+    let l = loss(&low).cast(FloatDType::F32);
     drop(low);
     let value = l.clone().into_scalar::<f32>();
     if !value.is_finite() {
         return (model, Err(NonFiniteLoss(value)));
     }
-    let factor = if precision.scales_loss() {
+    let grads = GradientsParams::from_grads((l * factor).backward(), &model);
+    apply_scaled(
+        model,
+        optim,
+        lr,
+        global_clip,
+        precision,
+        scale,
+        factor,
+        grads,
+        value,
+    )
+}
+
+/// [`train_step_mixed`] over a batch split into shards whose forward and backward passes run
+/// concurrently, one thread each: `shards` holds each shard's weight (its share of the batch;
+/// the weights sum to 1) and its data, `loss(m, shard)` is that shard's mean loss. Every
+/// thread works on its own autodiff graph (the parameters re-entered as fresh leaves, ids
+/// kept), and the gradients of `weight · loss` are summed in shard order, so the update equals
+/// the unsharded step on the whole batch up to float summation order.
+///
+/// Why: on the CPU backend the element-wise ops run on the calling thread while matmuls use
+/// the thread pool, so one graph leaves cores idle; shards put a calling thread on each.
+pub fn train_step_sharded<M, S>(
+    model: M,
+    optim: &mut impl ModelOptimizer,
+    lr: f64,
+    global_clip: Option<f32>,
+    precision: Precision,
+    scale: &mut LossScale,
+    shards: Vec<(f32, S)>,
+    loss: &(impl Fn(&M, S) -> Tensor<1> + Sync),
+) -> (M, Result<f32, NonFiniteLoss>)
+where
+    M: Module,
+    S: Send,
+{
+    let factor = loss_factor(precision, scale);
+    let parts: Vec<(f32, Option<GradientsParams>)> = std::thread::scope(|sc| {
+        let handles: Vec<_> = shards
+            .into_iter()
+            .map(|(weight, shard)| {
+                let local = model.clone().map(&mut FreshLeaves);
+                sc.spawn(move || {
+                    let l = if precision == Precision::F32 {
+                        loss(&local, shard)
+                    } else {
+                        let low = cast_params(local.clone(), precision.dtype());
+                        loss(&low, shard).cast(FloatDType::F32)
+                    } * weight;
+                    let value = l.clone().into_scalar::<f32>();
+                    if !value.is_finite() {
+                        return (value, None);
+                    }
+                    let grads = GradientsParams::from_grads((l * factor).backward(), &local);
+                    (value, Some(grads))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    });
+    let value: f32 = parts.iter().map(|(v, _)| v).sum();
+    let mut acc = burn::optim::GradientsAccumulator::<M>::new();
+    for (_, grads) in parts {
+        match grads {
+            Some(g) => acc.accumulate(&model, g),
+            None => return (model, Err(NonFiniteLoss(value))),
+        }
+    }
+    let grads = acc.grads();
+    apply_scaled(
+        model,
+        optim,
+        lr,
+        global_clip,
+        precision,
+        scale,
+        factor,
+        grads,
+        value,
+    )
+}
+
+/// The loss multiplier of this step: the dynamic scale for f16, else 1.
+fn loss_factor(precision: Precision, scale: &LossScale) -> f32 {
+    if precision.scales_loss() {
         scale.scale
     } else {
         1.0
-    };
-    let mut grads = GradientsParams::from_grads((l * factor).backward(), &model);
+    }
+}
+
+/// The tail of a (mixed-precision) step: gradients of `factor · loss` are unscaled (an f16
+/// overflow skips the update and is recorded in `scale`), clipped, and applied.
+#[allow(clippy::too_many_arguments)]
+fn apply_scaled<M: Module>(
+    model: M,
+    optim: &mut impl ModelOptimizer,
+    lr: f64,
+    global_clip: Option<f32>,
+    precision: Precision,
+    scale: &mut LossScale,
+    factor: f32,
+    mut grads: GradientsParams,
+    value: f32,
+) -> (M, Result<f32, NonFiniteLoss>) {
     if precision.scales_loss() {
         let finite = grads_finite(&model, &grads);
         scale.update(!finite);
@@ -93,6 +197,22 @@ pub fn train_step_mixed<M: Module>(
         clip_global_norm(&model, &mut grads, max);
     }
     (optim.step(lr, model, grads), Ok(value))
+}
+
+/// Re-enters every trainable parameter as a fresh autodiff leaf (same id and value), so a
+/// copy of the model records its own graph.
+struct FreshLeaves;
+
+impl ModuleMapper for FreshLeaves {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        param.map(|t| {
+            if t.is_require_grad() {
+                t.detach().require_grad()
+            } else {
+                t
+            }
+        })
+    }
 }
 
 struct SquaredNorm<'a> {
@@ -289,6 +409,123 @@ mod tests {
         for (a, b) in w(&full).iter().zip(&w(&acc)) {
             assert!((a - b).abs() < 1e-6, "{a} vs {b}");
         }
+    }
+
+    /// Rows `r` of a batch, as a shard: its share of the batch and its data.
+    fn shard(
+        x: &Tensor<2>,
+        y: &Tensor<2>,
+        r: std::ops::Range<usize>,
+    ) -> (f32, (Tensor<2>, Tensor<2>)) {
+        let n = x.dims()[0];
+        let xs = x.clone().slice([r.clone(), 0..4]);
+        let ys = y.clone().slice([r.clone(), 0..1]);
+        (r.len() as f32 / n as f32, (xs, ys))
+    }
+
+    #[test]
+    fn concurrent_unequal_shards_equal_the_whole_batch_step_over_several_steps() {
+        let d = Device::flex().autodiff();
+        let w = |m: &Mlp| -> Vec<f32> {
+            let mut v: Vec<f32> = m.a.weight.val().into_data().try_to_vec().unwrap();
+            v.extend(m.b.weight.val().into_data().try_to_vec::<f32>().unwrap());
+            v
+        };
+        let loss = |m: &Mlp, (x, y): (Tensor<2>, Tensor<2>)| (m.forward(x) - y).square().mean();
+        // The second layer frozen: a shard's fresh leaves must keep it frozen.
+        let init = || Mlp {
+            b: Mlp::new(&d, 11).b.no_grad(),
+            ..Mlp::new(&d, 11)
+        };
+        let (mut whole, mut sharded) = (init(), init());
+        let mut o1 = AdamWConfig::new().init();
+        let mut o2 = AdamWConfig::new().init();
+        let (mut s1, mut s2) = (LossScale::default(), LossScale::default());
+        for i in 0..4 {
+            let (x, y) = data(&d, 20 + i);
+            let (m, l1) = train_step_mixed(
+                whole,
+                &mut o1,
+                1e-2,
+                Some(1.0),
+                Precision::F32,
+                &mut s1,
+                |m| loss(m, (x.clone(), y.clone())),
+            );
+            whole = m;
+            // 32 rows as 8 + 13 + 11: unequal weights.
+            let shards = vec![
+                shard(&x, &y, 0..8),
+                shard(&x, &y, 8..21),
+                shard(&x, &y, 21..32),
+            ];
+            let (m, l2) = train_step_sharded(
+                sharded,
+                &mut o2,
+                1e-2,
+                Some(1.0),
+                Precision::F32,
+                &mut s2,
+                shards,
+                &loss,
+            );
+            sharded = m;
+            let (l1, l2) = (l1.unwrap(), l2.unwrap());
+            assert!(
+                (l1 - l2).abs() < 1e-5 * l1.abs().max(1.0),
+                "step {i}: loss {l1} vs {l2}"
+            );
+        }
+        let start = w(&init());
+        let moved: f32 = w(&whole)
+            .iter()
+            .zip(&start)
+            .map(|(a, b)| (a - b).abs())
+            .sum();
+        assert!(moved > 1e-3, "the steps moved the weights ({moved})");
+        for (a, b) in w(&whole).iter().zip(&w(&sharded)) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        let frozen: Vec<f32> = sharded.b.weight.val().into_data().try_to_vec().unwrap();
+        let frozen0: Vec<f32> = init().b.weight.val().into_data().try_to_vec().unwrap();
+        assert_eq!(frozen, frozen0, "a frozen parameter moved");
+    }
+
+    #[test]
+    fn a_non_finite_shard_makes_no_update() {
+        let d = Device::flex().autodiff();
+        let (x, y) = data(&d, 3);
+        let before: Vec<f32> = Mlp::new(&d, 5)
+            .a
+            .weight
+            .val()
+            .into_data()
+            .try_to_vec()
+            .unwrap();
+        let mut optim = AdamWConfig::new().init();
+        let shards = vec![shard(&x, &y, 0..16), shard(&x, &y, 16..32)];
+        let first = x.clone().slice([0..1, 0..4]).into_data();
+        let (m, r) = train_step_sharded(
+            Mlp::new(&d, 5),
+            &mut optim,
+            1e-2,
+            None,
+            Precision::F32,
+            &mut LossScale::default(),
+            shards,
+            &|m: &Mlp, (xs, ys): (Tensor<2>, Tensor<2>)| {
+                let l = (m.forward(xs.clone()) - ys).square().mean();
+                // Poison the second shard only.
+                if xs.slice([0..1, 0..4]).into_data() == first {
+                    l
+                } else {
+                    l / 0.0
+                }
+            },
+        );
+        assert!(matches!(r, Err(NonFiniteLoss(v)) if !v.is_finite()));
+        let after: Vec<f32> = m.a.weight.val().into_data().try_to_vec().unwrap();
+        assert_eq!(before, after);
     }
 
     #[test]
