@@ -90,10 +90,10 @@ pub struct PretrainArgs {
     /// Run folder: checkpoint/, loss.jsonl, run_config.json and the exported model/.
     #[arg(long)]
     pub out: PathBuf,
-    /// Optimizer steps. The defaults are the shipped model's recipe (docs/NANO.md): 1700 steps
+    /// Optimizer steps. The defaults are the shipped model's recipe (docs/NANO.md): 2300 steps
     /// × 128 scenes, peak rate 6e-4 held for 70 % of the steps after the warm-up (≈ 2.2 h on
-    /// a 2-core CPU; the GPU laboratory's 1900–2300 steps do not fit the 2.5 h budget there).
-    #[arg(long, default_value_t = 1700)]
+    /// a 2-core CPU with the default shards).
+    #[arg(long, default_value_t = 2300)]
     pub steps: u64,
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,

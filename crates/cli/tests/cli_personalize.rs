@@ -114,7 +114,10 @@ fn the_subject_is_reconstructed_moved_and_recontextualized() {
     );
     let (_, scene) = judge(&moved, &r);
     assert!(scene.ends_with("bottom left"), "{scene}");
-    // A new background from the prompt; the subject (a hexagon) stays.
+    // A new background from the prompt; the subject (a hexagon) stays. τ 0.3: the shipped
+    // 2300-step model follows the prompt strongly enough that at τ 0.2 it repaints the subject
+    // (seeds 1–3 judged "a green ring on a blue background"); at 0.3 and 0.4 the hexagon stays
+    // for all three (docs/NANO.md).
     let blue = dir.path().join("blue");
     sample(
         &blue,
@@ -126,7 +129,7 @@ fn the_subject_is_reconstructed_moved_and_recontextualized() {
             "--ref-mask",
             "auto",
             "--tau",
-            "0.2",
+            "0.3",
         ],
     );
     let (_, scene) = judge(&blue, &r);
