@@ -7,6 +7,10 @@
 //! (`tools/bench/nano_train_step.py`, via `tools/bench/compare.py --suite nano-train`) gets
 //! random tensors instead.
 //!
+//! The same step is then timed as `nano pretrain` runs it on the CPU: the batch split into
+//! shards whose forward + backward run on their own threads (`train_step_sharded`, shard count
+//! `NANO_BENCH_SHARDS`, default the CLI's: two per thread, at least 16 samples each).
+//!
 //! Plain `Instant` timing (criterion's iteration model does not fit a step that consumes and
 //! returns the model, and its 10-sample minimum is slow here): 2 warm-up steps, then the median
 //! of `NANO_BENCH_STEPS` (default 10) steps. Threads: `RAYON_NUM_THREADS`.
@@ -24,10 +28,10 @@ use serde_json::json;
 
 use dreamforge_models::dit::flux::FluxConfig;
 use dreamforge_models::text::clip::ClipTextConfig;
-use dreamforge_nano::model::{NanoConfig, init};
-use dreamforge_nano::pretrain::{PretrainConfig, Pretrainer, write_tokenizer};
+use dreamforge_nano::model::{NanoConfig, NanoModel, init};
+use dreamforge_nano::pretrain::{Batch, PretrainConfig, Pretrainer, write_tokenizer};
 use dreamforge_train::run::rngs;
-use dreamforge_train::train_step;
+use dreamforge_train::{LossScale, Precision, train_step, train_step_sharded};
 
 const WARMUP: usize = 2;
 
@@ -120,6 +124,42 @@ fn main() {
     }
     let step = median(times);
 
+    // The sharded step, as `nano pretrain` takes it on the CPU.
+    let workers = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    let shards = env_usize(
+        "NANO_BENCH_SHARDS",
+        (2 * workers).min(cfg.batch_size / 16).max(1),
+    )
+    .max(1);
+    let global_clip = cfg.optimizer.global_clip();
+    let mut scale = LossScale::default();
+    let loss = |m: &NanoModel, b: Batch| p.batch_loss(m, b);
+    let mut stimes = Vec::with_capacity(steps);
+    for i in 0..WARMUP + steps {
+        let t0 = Instant::now();
+        let batch = p.sharded_batch(&mut rs, &device, shards);
+        let (next, l) = train_step_sharded(
+            model,
+            &mut optim,
+            lr,
+            global_clip,
+            Precision::F32,
+            &mut scale,
+            batch,
+            &loss,
+        );
+        model = next;
+        let dt = t0.elapsed().as_secs_f64();
+        last_loss = l.expect("finite loss");
+        if i >= WARMUP {
+            stimes.push(dt);
+        }
+    }
+    let sharded_step = median(stimes);
+
     // The data part alone (same calls as Pretrainer::loss makes before the model runs).
     let mut data_rngs = rngs(1, 2);
     let mut dtimes = Vec::with_capacity(steps);
@@ -149,6 +189,8 @@ fn main() {
         "image_tokens": l,
         "text_tokens": m.max_tokens(),
         "step_median_s": step,
+        "shards": shards,
+        "sharded_step_median_s": sharded_step,
         "data_median_s": data,
         "data_share": data / step,
         "last_loss": last_loss,

@@ -14,7 +14,8 @@ by the bench) and are checked against torch's FlopCounterMode.
 `--suite nano-train`: benches/nano_train_step.rs vs tools/bench/nano_train_step.py — one nano
 pretraining step (forward + backward + AdamW, transformer and text encoder jointly, batch 32).
 dreamforge's step includes its data preparation (procedural render + tokenize, share shown);
-torch gets random tensors. GFLOP per step = 3 × the analytic forward count (checked against
+torch gets random tensors. A second row times the same step sharded over threads, as `nano pretrain`
+runs it on the CPU (NANO_BENCH_SHARDS, default two per thread). GFLOP per step = 3 × the analytic forward count (checked against
 torch's FlopCounterMode forward count); parameter counts are checked to be equal.
 
 Run on an otherwise idle machine; paste the table into BENCHMARKS.md with the date and machine.
@@ -192,6 +193,10 @@ def main_nano(a):
     print("|---|---|---|---|---|---|---|---|")
     print(f"| nano train step (fwd + bwd + AdamW) | {f / 1e9:.1f} | {rs:.3f} | {ts:.3f} | {rs / ts:.2f} "
           f"| {100 * r['data_share']:.1f}% | {f / rs / 1e9:.1f} | {f / ts / 1e9:.1f} |")
+    if "sharded_step_median_s" in r:
+        ss = r["sharded_step_median_s"]
+        print(f"| same, {r['shards']} shards on their own threads (as `nano pretrain` runs it) | {f / 1e9:.1f} "
+              f"| {ss:.3f} | {ts:.3f} | {ss / ts:.2f} | | {f / ss / 1e9:.1f} | {f / ts / 1e9:.1f} |")
     print()
     problems = []
     for k in ("params_transformer", "params_text_encoder", "batch"):

@@ -336,6 +336,7 @@ impl Trainer<'_> {
             let extra = ema.as_ref().map(|e| ("ema", e));
             checkpoint::save_with(&ck, model, extra, optim, &Saved { run, config })
         };
+        let devices = model.devices();
         for step in start..self.total_steps {
             if self.stop.load(Ordering::SeqCst) {
                 save(&model, &ema, &optim, &rngs, step, loss_scale)?;
@@ -357,6 +358,14 @@ impl Trainer<'_> {
                 step,
             );
             model = m;
+            // Hand the step's freed buffers back to the device allocator. Without this, Burn
+            // 0.22.1's CubeCL pools on wgpu keep every step's pages: a nano pretraining run on
+            // an H100 reserved 1.46 GB more per step (58 GB at step 40, out of memory at 46)
+            // while its live bytes stayed at 153 MB; with it the reservation holds at 1.5 GB.
+            // A no-op on the CPU backend.
+            for d in &devices {
+                d.memory_cleanup();
+            }
             let value = match r {
                 Ok(v) => v,
                 Err(e) => {
