@@ -14,9 +14,10 @@ by the bench) and are checked against torch's FlopCounterMode.
 `--suite nano-train`: benches/nano_train_step.rs vs tools/bench/nano_train_step.py — one nano
 pretraining step (forward + backward + AdamW, transformer and text encoder jointly, batch 32).
 dreamforge's step includes its data preparation (procedural render + tokenize, share shown);
-torch gets random tensors. A second row times the same step sharded over threads, as `nano pretrain`
-runs it on the CPU (NANO_BENCH_SHARDS, default two per thread). GFLOP per step = 3 × the analytic forward count (checked against
-torch's FlopCounterMode forward count); parameter counts are checked to be equal.
+torch gets random tensors. A second row times the same step sharded over threads, as
+`nano pretrain` runs it on the CPU (NANO_BENCH_SHARDS, default two per thread). GFLOP per step
+= 3 × the analytic forward count (checked against torch's FlopCounterMode forward count);
+parameter counts are checked to be equal.
 
 Run on an otherwise idle machine; paste the table into BENCHMARKS.md with the date and machine.
 """
