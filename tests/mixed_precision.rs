@@ -64,16 +64,16 @@ fn mixed_precision_steps_train_f32_master_weights() {
     };
     let (reference, _, _, _) = run(Precision::F32);
     assert!(reference[9] < reference[0], "f32 learns: {reference:?}");
+    let (probe, _) = init(&base.model, 0, &d).unwrap();
     let mut ran = 0;
     for precision in [Precision::Bf16, Precision::F16] {
         if !d.supports_dtype(precision.dtype()) {
-            let (model, _) = init(&base.model, 0, &d).unwrap();
-            let e = check_precision(&model, precision).unwrap_err().to_string();
+            let e = check_precision(&probe, precision).unwrap_err().to_string();
             eprintln!("{precision:?} refused on {d:?}: {e}");
             assert!(e.contains(precision.name()), "{e}");
             continue;
         }
-        check_precision(&init(&base.model, 0, &d).unwrap().0, precision).unwrap();
+        check_precision(&probe, precision).unwrap();
         ran += 1;
         let t = std::time::Instant::now();
         let (losses, model, scale, _) = run(precision);
